@@ -1,0 +1,19 @@
+"""Fused kernels of the model side: ERA activation and (fused linear +) cross-entropy.
+
+* ``cross_entropy``         ``cross_entropy_reference`` (the spec) and ``chunked_cross_entropy``
+                            (pure torch, fused linear + CE that never builds the (N, V) f32 logits).
+* ``era_triton``            ``era_triton(x, gamma)`` / ``EraFunction``: fused fwd + bwd Triton kernels.
+* ``cross_entropy_triton``  ``cross_entropy_triton(logits, labels)``: online-logsumexp CE, fwd + bwd.
+
+The Triton modules import triton at import time; import them only where triton is wanted.
+"""
+
+from __future__ import annotations
+
+from vesper_core.kernels.cross_entropy import (
+    ChunkedCrossEntropyFunction,
+    chunked_cross_entropy,
+    cross_entropy_reference,
+)
+
+__all__ = ["ChunkedCrossEntropyFunction", "chunked_cross_entropy", "cross_entropy_reference"]

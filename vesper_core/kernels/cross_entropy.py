@@ -1,0 +1,119 @@
+"""Cross-entropy: the reference (the spec) and a chunked fused linear + cross-entropy.
+
+``chunked_cross_entropy(hidden, weight, labels)`` computes ``cross_entropy(hidden @ weight.T,
+labels)`` without ever materialising the full (N, V) float32 logits: it walks over row chunks,
+and for each chunk computes the logits in the input dtype, up-casts that chunk to f32, takes the
+log-sum-exp and the loss, and immediately turns the chunk into its gradient
+``(softmax - onehot) / num_valid``, from which ``grad_hidden[chunk] = dlogits @ W`` and
+``grad_W += dlogits.T @ hidden[chunk]`` (accumulated in f32). Backward only scales the stored
+gradients by ``grad_output``. Peak extra memory is one (chunk, V) f32 block plus the gradients
+themselves (N*H and V*H), instead of N*V*(2 + 4 + 4) bytes for logits, f32 logits and their grad.
+
+Unlike upstream's fused CE (BUG-26: the loss had no ``grad_fn``), this is a real
+``torch.autograd.Function``: the loss is differentiable w.r.t. ``hidden`` and ``weight``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+#: Target size (elements) of one chunk's f32 logits block: 2^24 floats = 64 MiB.
+CHUNK_LOGITS_ELEMENTS = 1 << 24
+
+
+def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean cross-entropy over non-ignored positions, computed on f32 logits.
+
+    ``logits``: (..., V) any float dtype; ``labels``: (...) int64. Returns a 0-dim f32 tensor
+    (NaN when every label is ignored, like ``F.cross_entropy``).
+    """
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=ignore_index, reduction="mean")
+
+
+def default_chunk_size(num_rows: int, vocab_size: int) -> int:
+    """Rows per chunk so that one chunk of f32 logits is about ``CHUNK_LOGITS_ELEMENTS``."""
+    return max(1, min(num_rows, max(64, CHUNK_LOGITS_ELEMENTS // max(vocab_size, 1))))
+
+
+class ChunkedCrossEntropyFunction(torch.autograd.Function):
+    """Fused ``cross_entropy(hidden @ weight.T, labels)``; gradients are computed in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int,
+                chunk_size: int) -> torch.Tensor:
+        num_rows, _ = hidden.shape
+        need_dh = ctx.needs_input_grad[0]
+        need_dw = ctx.needs_input_grad[1]
+        valid = labels != ignore_index
+        num_valid = int(valid.sum())
+        scale = 1.0 / max(num_valid, 1)  # all-ignored: loss NaN (as the reference), grads zero
+
+        # f32 math for f32/bf16/f16 inputs; float64 inputs stay float64 (gradcheck)
+        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        loss_sum = torch.zeros((), dtype=acc, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_dh else None
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_dw else None
+
+        for start in range(0, num_rows, chunk_size):
+            end = min(start + chunk_size, num_rows)
+            h = hidden[start:end]                              # (c, H)
+            lab = labels[start:end]                            # (c,)
+            ok = valid[start:end]
+            logits = (h @ weight.t()).to(acc)                  # (c, V) in f32, this chunk only
+            lse = torch.logsumexp(logits, dim=-1)              # (c,)
+            safe_lab = torch.where(ok, lab, torch.zeros_like(lab))
+            target = logits.gather(1, safe_lab.unsqueeze(1)).squeeze(1)
+            loss_sum += torch.where(ok, lse - target, torch.zeros_like(lse)).sum()
+            if need_dh or need_dw:
+                # logits becomes dloss/dlogits in place: (softmax - onehot) * scale, 0 on ignored rows
+                dlogits = logits.sub_(lse.unsqueeze(1)).exp_()
+                dlogits.scatter_add_(1, safe_lab.unsqueeze(1), torch.full_like(lse, -1.0).unsqueeze(1))
+                dlogits.mul_((ok.to(dlogits.dtype) * scale).unsqueeze(1))
+                if need_dh:
+                    grad_hidden[start:end] = (dlogits.to(weight.dtype) @ weight).to(hidden.dtype)
+                if need_dw:
+                    if h.dtype == acc:
+                        grad_weight.addmm_(dlogits.t(), h)                        # (V, H) += (V, c) @ (c, H)
+                    else:  # low-precision matmul, f32 accumulation buffer
+                        grad_weight.add_(dlogits.to(h.dtype).t() @ h)
+            del logits
+
+        loss = loss_sum / num_valid if num_valid > 0 else torch.full((), math.nan, dtype=acc, device=hidden.device)
+        ctx.save_for_backward(grad_hidden if need_dh else None, grad_weight if need_dw else None)
+        ctx.weight_dtype = weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        dh = dw = None
+        if ctx.needs_input_grad[0] and grad_hidden is not None:
+            dh = grad_hidden * grad_output.to(grad_hidden.dtype)
+        if ctx.needs_input_grad[1] and grad_weight is not None:
+            dw = (grad_weight * grad_output.to(grad_weight.dtype)).to(ctx.weight_dtype)
+        return dh, dw, None, None, None
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                          ignore_index: int = -100, chunk_size: int | None = None) -> torch.Tensor:
+    """Mean CE of ``hidden @ weight.T`` against ``labels`` without the full (N, V) f32 logits.
+
+    ``hidden``: (N, H) or (B, T, H); ``weight``: (V, H) (the LM head / tied embedding);
+    ``labels``: (N,) or (B, T) int64 with ``ignore_index`` for padding. Differentiable w.r.t.
+    ``hidden`` and ``weight``. ``chunk_size`` rows per chunk (default: ~64 MiB of f32 logits).
+    """
+    if hidden.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"hidden size mismatch: hidden {tuple(hidden.shape)} vs weight {tuple(weight.shape)}")
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    lab = labels.reshape(-1)
+    if lab.shape[0] != h2.shape[0]:
+        raise ValueError(f"labels {tuple(labels.shape)} do not match hidden {tuple(hidden.shape)}")
+    if chunk_size is None:
+        chunk_size = default_chunk_size(h2.shape[0], weight.shape[0])
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
+    return ChunkedCrossEntropyFunction.apply(h2, weight, lab, int(ignore_index), int(chunk_size))

@@ -1,0 +1,280 @@
+"""Dataset files -> documents -> one array of token ids.
+
+A format reader turns a file into documents (``FORMATS``: "text", "jsonl"). Long documents
+may arrive in pieces: every piece but the last is a :class:`DocumentPiece` with
+``continues=True``, so nothing ever holds a whole multi-GB file and
+:func:`tokenize_documents` still puts EOS only between real documents.
+
+A plugin format (entry point group ``vesper.formats``) is a reader
+``(path: Path, *, text_field: str = "text") -> Iterator[str]``; it may also accept
+``on_warning`` to report recoverable problems in one line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import inspect
+import json
+import re
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from vesper_core.errors import DataError
+from vesper_core.registry import Registry
+
+Reader = Callable[..., Iterator[str]]
+FORMATS: Registry[Reader] = Registry("data format", "vesper.formats")
+
+BLOCK_BYTES = 1 << 20  # read size of the text reader
+PIECE_CHARS = 1 << 16  # encode_batch item size: small enough to spread over threads
+BINARY_PROBE_BYTES = 8192
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a bad byte
+
+
+class DocumentPiece(str):
+    """A piece of a document that ``continues`` in the next item (no EOS after it)."""
+
+    continues: bool = True
+
+
+# -- checks and decoding ---------------------------------------------------------------------
+def check_data_file(path: Path) -> None:
+    """Raise DataError (naming the path) unless ``path`` is a non-empty, non-binary file."""
+    if not path.exists():
+        raise DataError(f"dataset file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a file; pass a .txt or .jsonl file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes); pass a file with text in it")
+    with path.open("rb") as fh:
+        head = fh.read(BINARY_PROBE_BYTES)
+    if b"\x00" in head:
+        raise DataError(
+            f"{path} looks binary, not text (NUL bytes in its first 8 KB); pass a UTF-8 .txt or .jsonl "
+            f"file (UTF-16 text must be re-saved as UTF-8)"
+        )
+
+
+class _InvalidByteCounter:
+    """Turns surrogate-escaped bad bytes into U+FFFD and counts them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def clean(self, text: str) -> str:
+        text, found = _ESCAPED_BYTE.subn("\ufffd", text)
+        self.count += found
+        return text
+
+    def report(self, path: Path, on_warning: Callable[[str], None] | None) -> None:
+        if self.count and on_warning is not None:
+            noun = "byte" if self.count == 1 else "bytes"
+            on_warning(f"{path.name}: {self.count} invalid UTF-8 {noun} replaced with U+FFFD")
+
+
+def _cut_point(text: str, limit: int) -> int:
+    """Index after the last newline (else whitespace) at or before ``limit``; 0 when none."""
+    cut = text.rfind("\n", 0, limit)
+    if cut < 0:
+        cut = max(text.rfind(" ", 0, limit), text.rfind("\t", 0, limit))
+    return cut + 1
+
+
+def split_text(text: str, max_chars: int = PIECE_CHARS) -> list[str]:
+    """Split ``text`` into pieces of at most ~``max_chars`` that end at a newline or space."""
+    pieces = []
+    while len(text) > max_chars:
+        cut = _cut_point(text, max_chars) or max_chars  # one giant word: cut it anyway
+        pieces.append(text[:cut])
+        text = text[cut:]
+    if text:
+        pieces.append(text)
+    return pieces
+
+
+# -- built-in formats -------------------------------------------------------------------------
+@FORMATS.register("text", aliases=("txt",))
+def read_text(path: Path, *, text_field: str = "text",
+              on_warning: Callable[[str], None] | None = None) -> Iterator[str]:
+    """A text file is one document, streamed in ~1 MB pieces that end at a line break."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    bad = _InvalidByteCounter()
+    carry, first, seen_text = "", True, False
+    with path.open("rb") as fh:
+        while True:
+            block = fh.read(BLOCK_BYTES)
+            text = carry + bad.clean(decoder.decode(block, final=not block))
+            if first:
+                text, first = text.removeprefix("\ufeff"), False
+            if not block:
+                break
+            cut = _cut_point(text, len(text))
+            if cut == 0 and len(text) < 16 * BLOCK_BYTES:
+                carry = text  # no break yet: keep reading
+                continue
+            piece, carry = (text[:cut], text[cut:]) if cut else (text, "")
+            seen_text = seen_text or not piece.isspace()
+            yield DocumentPiece(piece)
+    seen_text = seen_text or (bool(text) and not text.isspace())
+    if not seen_text:
+        raise DataError(f"{path} has no text (only whitespace); pass a file with text in it")
+    bad.report(path, on_warning)
+    yield text  # the last piece ends the document (may be "")
+
+
+def _jsonl_document(obj: object, text_field: str, where: str) -> str:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}; one object per line")
+    if text_field in obj:
+        value = obj[text_field]
+    elif "user" in obj and "assistant" in obj:
+        if not (isinstance(obj["user"], str) and isinstance(obj["assistant"], str)):
+            raise DataError(f"{where}: 'user' and 'assistant' must be strings")
+        value = f"User: {obj['user']}\nAssistant: {obj['assistant']}"
+    else:
+        keys = ", ".join(map(repr, obj)) or "none"
+        raise DataError(
+            f"{where}: no {text_field!r} field (keys present: {keys}); pass --text-field NAME "
+            f"or use 'user'/'assistant' pairs"
+        )
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {text_field!r} is a {type(value).__name__}, expected a string")
+    return value
+
+
+@FORMATS.register("jsonl", aliases=("ndjson",))
+def read_jsonl(path: Path, *, text_field: str = "text",
+               on_warning: Callable[[str], None] | None = None) -> Iterator[str]:
+    """One JSON object per line: its ``text_field``, else "User: …\\nAssistant: …", is a document."""
+    bad = _InvalidByteCounter()
+    found = False
+    with path.open("rb") as fh:
+        for line_number, raw in enumerate(fh, start=1):
+            line = bad.clean(raw.decode("utf-8", errors="surrogateescape"))
+            if line_number == 1:
+                line = line.removeprefix("\ufeff")
+            if not line.strip():
+                continue
+            where = f"{path.name} line {line_number}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); "
+                                f"fix or remove the line") from None
+            text = _jsonl_document(obj, text_field, where)
+            if text:
+                found = True
+                yield text
+    if not found:
+        raise DataError(f"{path} has no documents (every line is blank or has empty text)")
+    bad.report(path, on_warning)
+
+
+# -- format choice and reading ----------------------------------------------------------------
+def detect_format(path: Path, fmt: str = "auto") -> str:
+    """Canonical format name: ``fmt`` itself, or for "auto" a guess from the file extension."""
+    if fmt != "auto":
+        return FORMATS.resolve(fmt)
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".json":
+        raise DataError(f"{path}: SQuAD .json is not supported yet; convert it to .jsonl "
+                        f"(one {{\"text\": ...}} object per line)")
+    return "text"
+
+
+def read_documents(path: Path | str, fmt: str = "auto", *, text_field: str = "text",
+                   on_warning: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Documents of one file (see the module docstring about pieces); errors name the path."""
+    path = Path(path)
+    name = detect_format(path, fmt)
+    check_data_file(path)
+    reader = FORMATS.get(name)
+    if _accepts_on_warning(reader):
+        return reader(path, text_field=text_field, on_warning=on_warning)
+    return reader(path, text_field=text_field)  # a plugin reader written as (path, *, text_field)
+
+
+def _accepts_on_warning(reader: Reader) -> bool:
+    try:
+        params = inspect.signature(reader).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "on_warning" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+# -- tokenization -----------------------------------------------------------------------------
+def _pieces(docs: Iterable[str]) -> Iterator[tuple[str, bool]]:
+    """(piece, ends_document) with every item split into encode-sized pieces."""
+    for doc in docs:
+        parts = split_text(doc)
+        last_continues = getattr(doc, "continues", False)
+        for i, part in enumerate(parts):
+            yield part, (i == len(parts) - 1 and not last_continues)
+        if not parts and not last_continues:
+            yield "", True
+
+
+def tokenize_documents(docs: Iterable[str], tokenizer, *, eos_between: bool = True,
+                       batch_chars: int = 1 << 20,
+                       progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """All documents' token ids as one uint32 array, EOS between documents when the tokenizer has one.
+
+    ``progress(done_bytes)`` receives the running count of UTF-8 bytes tokenized.
+    """
+    eos = np.array([tokenizer.eos_id], dtype=np.uint32) if eos_between and tokenizer.eos_id is not None else None
+    chunks: list[np.ndarray] = []
+    batch: list[tuple[str, bool]] = []
+    done_bytes = 0
+    owe_eos = False  # a document with tokens has ended: EOS goes before the next token
+    doc_has_tokens = False
+
+    def flush() -> None:
+        nonlocal done_bytes, owe_eos, doc_has_tokens
+        encoded = tokenizer.encode_batch([text for text, _ in batch])
+        for (text, ends), ids in zip(batch, encoded):
+            if ids:
+                if owe_eos and eos is not None:
+                    chunks.append(eos)
+                owe_eos = False
+                chunks.append(np.asarray(ids, dtype=np.uint32))
+                doc_has_tokens = True
+            if ends:
+                owe_eos = owe_eos or doc_has_tokens
+                doc_has_tokens = False
+            done_bytes += len(text.encode("utf-8"))
+        batch.clear()
+        if progress is not None:
+            progress(done_bytes)
+
+    size = 0
+    for text, ends in _pieces(docs):
+        batch.append((text, ends))
+        size += len(text)
+        if size >= batch_chars:
+            flush()
+            size = 0
+    if batch:
+        flush()
+    if not chunks:
+        return np.zeros(0, dtype=np.uint32)
+    return np.concatenate(chunks)
+
+
+def load_token_ids(paths: Sequence[Path | str] | Path | str, tokenizer, fmt: str = "auto", *,
+                   text_field: str = "text", on_warning: Callable[[str], None] | None = None,
+                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Read and tokenize one or more files (each file's documents, EOS between documents)."""
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    for path in paths:  # fail on a bad file before spending time on the good ones
+        detect_format(path, fmt)
+        check_data_file(path)
+
+    def documents() -> Iterator[str]:
+        for path in paths:
+            yield from read_documents(path, fmt, text_field=text_field, on_warning=on_warning)
+
+    return tokenize_documents(documents(), tokenizer, progress=progress)

@@ -1,0 +1,86 @@
+"""The ``vesper`` command: a Typer root, one module per command, and one error boundary."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+import typer
+
+from vesper_core import __version__
+from vesper_core.errors import VesperError
+from vesper_cli.output import err_console
+
+app = typer.Typer(
+    name="vesper",
+    help="Train, benchmark and sample VesperLM language models with the Velvet optimizer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vesper {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Vesper: VesperLM + Velvet."""
+
+
+def _register_commands() -> None:
+    from vesper_cli.commands import generate, plugins, train
+
+    app.command("train", help=train.__doc__)(train.train_command)
+    app.command("generate", help=generate.__doc__)(generate.generate_command)
+    app.command("plugins", help=plugins.__doc__)(plugins.plugins_command)
+
+
+_register_commands()
+
+
+def _fail(message: str, code: int = 1) -> int:
+    err_console.print(f"Error: {message}", style="red", markup=False)
+    if not os.environ.get("VESPER_DEBUG"):
+        err_console.print("(set VESPER_DEBUG=1 for a traceback)", style="dim", markup=False)
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code (tests call this)."""
+    try:
+        result = app(args=argv, prog_name="vesper", standalone_mode=False)
+    except VesperError as exc:
+        if os.environ.get("VESPER_DEBUG"):
+            traceback.print_exc()
+        return _fail(str(exc), exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("Aborted.", markup=False)
+        return 130
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("Interrupted.", markup=False)
+        return 130
+    except Exception as exc:  # the last boundary: one line, traceback on request
+        if os.environ.get("VESPER_DEBUG"):
+            traceback.print_exc()
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (please report this)")
+    return result if isinstance(result, int) else 0
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,135 @@
+"""Weights checkpoints: safetensors with the model config in the metadata, so a file loads alone.
+
+File names follow the Rust CLI (``checkpoint-{step}``, ``checkpoint-epoch{e}``, ``checkpoint-final``,
+``checkpoint-emergency-step{N}`` + ``.safetensors``). Tensors are the f32 master weights; the tied
+LM head is stored once (as ``embeddings.weight``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from vesper_cli.atomic import write_with_atomic
+from vesper_core import __version__
+from vesper_core.config import ModelConfig
+from vesper_core.errors import CheckpointError, ConfigError
+from vesper_core.model import VesperLM
+
+FORMAT_VERSION = "1"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def save_weights(path: str | Path, model: VesperLM, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s weights + config atomically to ``path``."""
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.export_state_dict().items()}
+    metadata = {
+        "format": "vesper",
+        "vesper_format_version": FORMAT_VERSION,
+        "vesper_version": __version__,
+        "model_config": json.dumps(model.config.to_dict()),
+    }
+    for key, value in (extra or {}).items():
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    write_with_atomic(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    return path
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+
+    def build_model(self, device: torch.device | str = "cpu") -> VesperLM:
+        model = VesperLM(self.config)
+        model.load_exported_state_dict(self.state_dict)
+        return model.to(device)
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        raw = self.metadata.get(key)
+        if raw is None:
+            return default
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+
+    def tokenizer_candidates(self) -> list[Path]:
+        """Where the tokenizer saved with this checkpoint may be: beside it, then its run folder."""
+        return [self.path.parent / TOKENIZER_FILE, self.path.with_suffix(".tokenizer.json")]
+
+
+def read_checkpoint(path: str | Path, *, config_override: ModelConfig | None = None) -> LoadedCheckpoint:
+    """Read a weights file; the model config comes from its metadata unless overridden."""
+    path = Path(path)
+    if path.is_dir():
+        path = newest_checkpoint(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; pass a .safetensors file written by `vesper train`")
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); pass a checkpoint written by `vesper train`") from exc
+    config = config_override
+    if config is None:
+        raw = metadata.get("model_config")
+        if raw is None:
+            raise CheckpointError(
+                f"{path} has no model config in its metadata (a Rust-written checkpoint?); pass --model-size "
+                f"(and --tokenizer) so Vesper knows the architecture"
+            )
+        try:
+            config = ModelConfig.from_dict(json.loads(raw))
+        except (json.JSONDecodeError, ConfigError) as exc:
+            raise CheckpointError(f"{path}: model config in the metadata is invalid: {exc}") from exc
+    return LoadedCheckpoint(path=path, config=config, state_dict=state, metadata=metadata)
+
+
+_STEP_PATTERNS = (re.compile(r"^checkpoint-(\d+)$"), re.compile(r"^checkpoint-emergency-step(\d+)$"))
+
+
+def step_from_name(path: str | Path) -> int:
+    """The Rust rule: ``checkpoint-<N>`` / ``checkpoint-emergency-step<N>`` -> N, anything else -> 0."""
+    stem = Path(path).name.removesuffix(".safetensors")
+    for pattern in _STEP_PATTERNS:
+        match = pattern.match(stem)
+        if match:
+            return int(match.group(1))
+    return 0
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step a checkpoint was written at: its metadata, else the Rust file-name rule."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("step")
+        if raw is not None:
+            return int(raw)
+    except (SafetensorError, OSError, ValueError):
+        pass
+    return step_from_name(path)
+
+
+def newest_checkpoint(folder: str | Path) -> Path:
+    """The checkpoint of a run folder with the highest step (final last when steps tie)."""
+    folder = Path(folder)
+    files = [p for p in folder.glob("checkpoint-*.safetensors") if not p.name.endswith(".state.safetensors")]
+    if not files:
+        raise CheckpointError(f"no checkpoint-*.safetensors in {folder}; pass a checkpoint file")
+
+    def key(p: Path) -> tuple[int, float]:
+        return (checkpoint_step(p), p.stat().st_mtime)
+
+    return max(files, key=key)

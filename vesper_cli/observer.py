@@ -1,0 +1,81 @@
+"""What the training loop reports, and the no-op observer libraries call (the CLI renders it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    epoch: int
+    loss: float
+    ppl: float
+    lr: float
+    grad_norm: float
+    entropy_scale: float
+    ppl_scale: float
+    tokens_per_sec: float
+    aux_loss: float | None = None
+
+    def log_entry(self) -> dict[str, Any]:
+        """One ``training_log.json`` step entry (Rust keys first); non-finite numbers become null."""
+        entry = {
+            "step": self.step, "loss": self.loss, "ppl": self.ppl, "lr": self.lr,
+            "tokens_per_sec": self.tokens_per_sec, "grad_norm": self.grad_norm,
+            "entropy_scale": self.entropy_scale, "ppl_scale": self.ppl_scale,
+        }
+        if self.aux_loss is not None:
+            entry["aux_loss"] = self.aux_loss
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in entry.items()}
+
+
+@dataclass
+class RunInfo:
+    """Printed once before the first step."""
+
+    model_size: str
+    num_params: int
+    vocab_size: int
+    device: str
+    dtype: str
+    optimizer: str
+    tokenizer: str
+    num_train_tokens: int
+    batches_per_epoch: int
+    total_steps: int | None
+    start_step: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_checkpoint: Path
+    log_path: Path
+    steps: int
+    first_loss: float | None
+    final_loss: float | None
+    elapsed_s: float
+    tokens_seen: int
+    checkpoints: list[Path] = field(default_factory=list)
+    stopped_by: str | None = None  # the signal (or request) that stopped the run early
+
+
+class TrainObserver:
+    """Override what you need; every hook is optional."""
+
+    def on_start(self, info: RunInfo) -> None: ...
+
+    def on_step(self, metrics: StepMetrics) -> None: ...
+
+    def on_epoch_end(self, epoch: int, mean_loss: float) -> None: ...
+
+    def on_checkpoint(self, path: Path) -> None: ...
+
+    def on_message(self, message: str) -> None: ...
+
+    def on_end(self, result: TrainResult) -> None: ...

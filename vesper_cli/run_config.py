@@ -1,0 +1,200 @@
+"""RunConfig: everything one training run needs, from flags and/or a YAML run file.
+
+Precedence: explicit CLI flag > YAML file > dataclass default. A YAML file uses the flag names
+(``lr: 1e-3``, ``model_size: tiny``, ``seq_len: 128`` -- dashes or underscores) and may hold a
+``model:`` mapping of ModelConfig fields to override the preset (``model: {era_gamma: 0.2}``).
+Unknown keys are an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vesper_core.config import ModelConfig
+from vesper_core.device import DEVICE_CHOICES, parse_dtype
+from vesper_core.errors import ConfigError
+from vesper_core.presets import model_config
+from vesper_data.config import DataConfig
+from vesper_optim.config import OptimConfig
+
+
+@dataclass(kw_only=True)
+class ModelSpec:
+    """Which model to build: a preset plus overrides (the vocabulary comes from the tokenizer)."""
+
+    model_size: str = "small"
+    moe: bool = False
+    num_experts: int = 8
+    top_k: int = 2
+    gradient_checkpointing: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        valid = {f.name for f in dataclasses.fields(ModelConfig)}
+        unknown = sorted(set(self.overrides) - valid)
+        if unknown:
+            raise ConfigError(
+                f"unknown model field(s) {', '.join(unknown)} in 'model:'; valid: {', '.join(sorted(valid))}"
+            )
+        if self.moe and (self.num_experts < 2 or not 1 <= self.top_k <= self.num_experts):
+            raise ConfigError(
+                f"--moe needs --num-experts >= 2 and 1 <= --top-k <= num-experts, "
+                f"got {self.num_experts} experts, top-k {self.top_k}"
+            )
+
+    def build(self, vocab_size: int) -> ModelConfig:
+        """Resolve the preset into a validated ModelConfig for ``vocab_size`` tokens."""
+        extra: dict[str, Any] = {"vocab_size": vocab_size}
+        if self.moe:
+            extra.update(moe_enabled=True, moe_num_experts=self.num_experts, moe_top_k=self.top_k)
+        if self.gradient_checkpointing:
+            extra["gradient_checkpointing"] = True
+        return model_config(self.model_size, **{**extra, **self.overrides})
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The loop: length, precision, device, outputs."""
+
+    epochs: int | None = None  # None: 3, or unlimited when max_steps > 0
+    max_steps: int = 0
+    save_every: int = 500
+    log_every: int = 10
+    output_dir: str = "checkpoints"
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "bf16"
+    resume: str | None = None
+    entropy_signal: str = "loss"  # Velvet's entropy signal: the loss, or the logits' mean entropy
+    grad_accum: int = 1
+    keep_last: int = 0  # 0 keeps every periodic checkpoint (the Rust behaviour)
+    max_bad_steps: int = 10
+    eval_every: int = 0
+    eval_batches: int = 50  # 0 = the whole validation set
+    compile: bool = False
+    wandb: bool = False
+    wandb_project: str = "vesper-training"
+    wandb_run: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "max_steps", "save_every"):
+            if (getattr(self, name) or 0) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.grad_accum <= 0:
+            raise ConfigError(f"--grad-accum must be a positive number of micro-batches, got {self.grad_accum}")
+        if self.max_bad_steps <= 0:
+            raise ConfigError(f"--max-bad-steps must be positive, got {self.max_bad_steps}")
+        for name in ("keep_last", "eval_every", "eval_batches"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.log_every <= 0:
+            raise ConfigError(f"--log-every must be positive, got {self.log_every}")
+        if self.epochs == 0 and self.max_steps == 0:
+            raise ConfigError("--epochs 0 with --max-steps 0 would train nothing; set one of them")
+        if self.device not in DEVICE_CHOICES and not self.device.startswith(("cuda:", "cpu:")):
+            raise ConfigError(f"unknown --device {self.device!r}; choices: {', '.join(DEVICE_CHOICES)}")
+        parse_dtype(self.dtype)
+        if self.entropy_signal not in ("loss", "logits"):
+            raise ConfigError(f"entropy_signal must be 'loss' or 'logits', got {self.entropy_signal!r}")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": dataclasses.asdict(self.model),
+            "data": self.data.to_dict(),
+            "optim": self.optim.to_dict(),
+            "train": dataclasses.asdict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return cls(
+            model=ModelSpec(**d.get("model", {})),
+            data=DataConfig.from_dict(d.get("data", {})),
+            optim=OptimConfig.from_dict(d.get("optim", {})),
+            train=TrainConfig(**d.get("train", {})),
+        )
+
+
+# flag name (underscored) -> (section, field). Flags whose names differ from fields are mapped here.
+_SECTIONS = {"model": ModelSpec, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+_RENAMES = {"optimizer": ("optim", "name")}
+
+
+def _flat_keys() -> dict[str, tuple[str, str]]:
+    keys: dict[str, tuple[str, str]] = dict(_RENAMES)
+    for section, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if f.name == "overrides" or (section, f.name) in _RENAMES.values():
+                continue
+            keys.setdefault(f.name, (section, f.name))
+    return keys
+
+
+FLAT_KEYS = _flat_keys()
+
+
+def build_run_config(flags: dict[str, Any], config_file: str | Path | None = None) -> RunConfig:
+    """Merge YAML values and explicitly given flags (``None`` = not given) into a RunConfig."""
+    values: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    if config_file is not None:
+        for key, value in load_yaml(config_file).items():
+            if key == "model" and isinstance(value, dict):
+                values["model"]["overrides"] = dict(value)
+                continue
+            section, name = _lookup(key, source=str(config_file))
+            values[section][name] = value
+    for key, value in flags.items():
+        if value is None:
+            continue
+        section, name = _lookup(key, source="flags")
+        values[section][name] = value
+    if "name" in values["optim"]:
+        values["optim"]["name"] = str(values["optim"]["name"]).lower()
+    if float(values["optim"].get("lr", 1.0)) <= 0:
+        raise ConfigError(f"--lr must be positive, got {values['optim']['lr']}")
+    try:
+        return RunConfig(
+            model=ModelSpec(**values["model"]),
+            data=DataConfig(**values["data"]),
+            optim=OptimConfig(**values["optim"]),
+            train=TrainConfig(**values["train"]),
+        )
+    except TypeError as exc:  # wrong value type in a YAML file
+        raise ConfigError(f"invalid run configuration: {exc}") from exc
+
+
+def _lookup(key: str, *, source: str) -> tuple[str, str]:
+    name = key.replace("-", "_")
+    if name not in FLAT_KEYS:
+        raise ConfigError(
+            f"unknown key {key!r} in {source}; valid keys: model (mapping), {', '.join(sorted(FLAT_KEYS))}"
+        )
+    return FLAT_KEYS[name]
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing YAML run file to --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data

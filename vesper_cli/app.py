@@ -45,6 +45,11 @@ def _register_commands() -> None:
     app.command("generate", help=generate.__doc__)(generate.generate_command)
     app.command("plugins", help=plugins.__doc__)(plugins.plugins_command)
 
+    from vesper_cli.commands import cache, tokenizer
+
+    app.add_typer(cache.cache_app, name="cache", help=cache.__doc__)
+    app.add_typer(tokenizer.tokenizer_app, name="tokenizer", help=tokenizer.__doc__)
+
 
 _register_commands()
 

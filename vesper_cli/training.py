@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from vesper_cli.checkpoint import TOKENIZER_FILE, read_checkpoint, save_weights, step_from_name
 from vesper_cli.control import StopControl
-from vesper_cli.datasets import load_tokens, prepare_tokenizer
+from vesper_cli.datasets import load_tokens, open_training_data, prepare_tokenizer
 from vesper_cli.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from vesper_cli.evaluation import evaluate
 from vesper_cli.experiment_log import ExperimentLogger
@@ -37,6 +37,7 @@ from vesper_core.device import dtype_name, parse_dtype
 from vesper_core.errors import CheckpointError, ConfigError, VesperError
 from vesper_core.model import VesperLM
 from vesper_data.loader import BatchLoader, TokenWindows
+from vesper_data.streaming import StreamingLoader
 from vesper_data.tokenizers import VesperTokenizer
 from vesper_optim.clipping import clip_grad_norm_
 from vesper_optim.param_groups import build_param_groups
@@ -76,7 +77,7 @@ class _Run:
     forward_model: torch.nn.Module  # model, or its DDP / compiled wrapper
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    loader: BatchLoader
+    loader: BatchLoader | StreamingLoader
     val_windows: TokenWindows | None
     output_dir: Path
     log: TrainingLog
@@ -140,7 +141,9 @@ def _build(cfg: RunConfig, observer: TrainObserver) -> tuple[_Run, LoadedResumeS
     if dist_info.is_main:
         tokenizer.save(output_dir / TOKENIZER_FILE)
 
-    ids = load_tokens(cfg.data.dataset, cfg.data, tokenizer, on_warning=observer.on_message)
+    data = open_training_data(cfg.data, tokenizer, seed=tcfg.seed, rank=dist_info.rank,
+                              world_size=dist_info.world_size, on_warning=observer.on_message)
+    notes.extend(data.notes)
     vocab_size = cfg.data.vocab_size or tokenizer.vocab_size
     if vocab_size < tokenizer.vocab_size:
         raise ConfigError(
@@ -161,9 +164,7 @@ def _build(cfg: RunConfig, observer: TrainObserver) -> tuple[_Run, LoadedResumeS
                                 vocab_size=vocab_size)
     scaler = torch.amp.GradScaler(dist_info.device.type, enabled=dtype == torch.float16)
 
-    windows = TokenWindows(ids, cfg.data.seq_len)
-    loader = BatchLoader(windows, cfg.data.batch_size, shuffle=cfg.data.shuffle, seed=tcfg.seed,
-                         rank=dist_info.rank, world_size=dist_info.world_size)
+    loader = data.loader
     val_windows = None
     if cfg.data.val_dataset:
         val_windows = TokenWindows(load_tokens(cfg.data.val_dataset, cfg.data, tokenizer,
@@ -191,7 +192,7 @@ def _build(cfg: RunConfig, observer: TrainObserver) -> tuple[_Run, LoadedResumeS
                            resume_step=start_step)
     run = _Run(cfg=cfg, dist=dist_info, dtype=dtype, tokenizer=tokenizer, model_config=model_config, model=model,
                forward_model=forward_model, optimizer=optimizer, scaler=scaler, loader=loader,
-               val_windows=val_windows, output_dir=output_dir, log=log, num_train_tokens=int(len(ids)), notes=notes,
+               val_windows=val_windows, output_dir=output_dir, log=log, num_train_tokens=data.num_tokens, notes=notes,
                step=start_step)
     return run, resume_state
 
@@ -225,6 +226,12 @@ def _loader_state(run: _Run) -> dict[str, Any]:
 
 
 def _loader_state_for(run: _Run, saved: dict[str, Any]) -> dict[str, Any]:
+    if ("stream" in saved) != isinstance(run.loader, StreamingLoader):
+        raise CheckpointError(
+            "the checkpoint's data position was saved " + ("with" if "stream" in saved else "without") +
+            " --streaming; resume with the same data source (--dataset/--streaming/--cache) as the original run")
+    if "stream" in saved:  # a stream position is global: the streaming loader adapts to a new batch/world size
+        return saved
     if saved.get("world_size", 1) == run.loader.world_size and saved.get("batch_size") == run.loader.batch_size:
         return saved
     per_step = run.loader.batch_size * run.loader.world_size

@@ -1,4 +1,4 @@
-"""Train a VesperLM on a text/JSONL file (or the built-in `demo` corpus) with Velvet or AdamW."""
+"""Train a VesperLM on a dataset, a token cache or a streamed file (or the built-in `demo` corpus)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ Opt = typer.Option
 
 
 def train_command(
-    dataset: Optional[str] = Opt(None, help="Training file (.txt, .jsonl) or 'demo' (built-in corpus)."),
-    format: Optional[str] = Opt(None, "--format", help="auto | text | jsonl  [default: auto]"),
+    dataset: Optional[str] = Opt(None, help="Training file (.txt, .jsonl, SQuAD .json, .parquet/.arrow), hf:NAME[:CONFIG][@SPLIT], or 'demo'."),
+    format: Optional[str] = Opt(None, "--format", help="auto | text | jsonl | squad | hf  [default: auto]"),
     tokenizer: Optional[str] = Opt(None, help="auto | byte | PATH/tokenizer.json | folder | HF hub id  [default: auto]"),
     model_size: Optional[str] = Opt(None, help="Preset: nano, tiny, small, medium, large, xlarge (1b), tiny-moe, medium-moe, large-moe  [default: small]"),
     epochs: Optional[int] = Opt(None, help="Passes over the data  [default: 3; unlimited when --max-steps is set]"),
@@ -47,7 +47,10 @@ def train_command(
     keep_last: Optional[int] = Opt(None, help="Keep only the newest K periodic checkpoints, 0 = all  [default: 0]"),
     max_bad_steps: Optional[int] = Opt(None, help="Stop after N consecutive non-finite steps  [default: 10]"),
     compile: Optional[bool] = Opt(None, "--compile", help="torch.compile the model (checkpoints stay uncompiled)."),
-    num_workers: Optional[int] = Opt(None, help="Background tokenization workers for streaming data  [default: 0]"),
+    num_workers: Optional[int] = Opt(None, help="Chunks tokenized ahead with --streaming (at least 2)  [default: 0]"),
+    cache: Optional[str] = Opt(None, help="Train from a VSPR .bin token cache (`vesper cache build`); --dataset not needed."),
+    streaming: Optional[bool] = Opt(None, "--streaming", help="Tokenize --dataset chunk by chunk in the background (files larger than memory)."),
+    chunk_mb: Optional[int] = Opt(None, help="Streaming chunk size in MiB  [default: 50]"),
     wandb: Optional[bool] = Opt(None, "--wandb", help="Log to Weights & Biases (needs the wandb extra)."),
     wandb_project: Optional[str] = Opt(None, help="W&B project  [default: vesper-training]"),
     wandb_run: Optional[str] = Opt(None, help="W&B run name  [default: vesper-SIZE-DTYPE]"),
@@ -64,7 +67,7 @@ def train_command(
         seed=seed, device=device, log_every=log_every, grad_accum=grad_accum, warmup_steps=warmup_steps,
         lr_schedule=lr_schedule, weight_decay=weight_decay, max_grad_norm=max_grad_norm, val_dataset=val_dataset,
         eval_every=eval_every, keep_last=keep_last, max_bad_steps=max_bad_steps, compile=compile,
-        num_workers=num_workers, wandb=wandb, wandb_project=wandb_project, wandb_run=wandb_run,
+        num_workers=num_workers, cache=cache, streaming=streaming, chunk_mb=chunk_mb, wandb=wandb, wandb_project=wandb_project, wandb_run=wandb_run,
     )
     run = build_run_config(flags, config)
     with StopControl() as control:

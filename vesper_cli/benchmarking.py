@@ -72,6 +72,7 @@ class BenchConfig:
     lr_sweep: bool = False
     lr_grid: tuple[float, ...] = DEFAULT_LR_GRID  # multipliers of ``lr`` tried with lr_sweep
     val_fraction: float = 0.1
+    val_tokens: int = 65536  # score the first N held-out tokens (0 = all of them): the same windows for every run
     dtype: str = "f32"
     device: str = "auto"
     entropy_signal: str = "logits"  # Velvet's entropy signal; the Rust benchmark used the logits
@@ -98,6 +99,8 @@ class BenchConfig:
             raise ConfigError("--epochs and --max-steps must be >= 0")
         if self.epochs == 0 and self.max_steps == 0:
             raise ConfigError("--epochs 0 with --max-steps 0 would train nothing; set one of them")
+        if self.val_tokens < 0:
+            raise ConfigError(f"--val-tokens must be >= 0 (0 = every held-out token), got {self.val_tokens}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if not self.lr_grid or any(not m > 0 for m in self.lr_grid):
@@ -215,10 +218,13 @@ def _load_data(cfg: BenchConfig, progress: ProgressFn) -> _Data:
         raise DataError(
             f"--val-fraction {cfg.val_fraction} holds out {num_val} of {len(ids)} tokens, fewer than one window "
             f"of seq_len+1={cfg.seq_len + 1}; raise --val-fraction, lower --seq-len, or add data")
-    train_ids = ids[:len(ids) - num_val]
-    val = TokenWindows(ids[len(ids) - num_val:], cfg.seq_len) if num_val else None
+    train_ids, val_ids = ids[:len(ids) - num_val], ids[len(ids) - num_val:]
+    if cfg.val_tokens and len(val_ids) > cfg.val_tokens + 1:
+        val_ids = val_ids[:max(cfg.val_tokens, cfg.seq_len) + 1]  # the held-out part is never trained on
+    val = TokenWindows(val_ids, cfg.seq_len) if num_val else None
+    num_scored = len(val) * cfg.seq_len if val is not None else 0
     return _Data(train=TokenWindows(train_ids, cfg.seq_len), val=val, vocab_size=tokenizer.vocab_size,
-                 tokenizer_name=tokenizer.name, num_train_tokens=len(train_ids), num_val_tokens=num_val)
+                 tokenizer_name=tokenizer.name, num_train_tokens=len(train_ids), num_val_tokens=num_scored)
 
 
 @torch.no_grad()
@@ -422,12 +428,13 @@ def run_benchmark(cfg: BenchConfig, progress: ProgressFn | None = None) -> dict[
     model_size = f"{cfg.model_size} ({num_params}params)"
     progress(BenchProgress("message", message=(
         f"{cfg.model_size}: {num_params:,} params, vocab {data.vocab_size} ({data.tokenizer_name}); "
-        f"{data.num_train_tokens:,} train / {data.num_val_tokens:,} held-out tokens; device {device}, "
+        f"{data.num_train_tokens:,} train / {data.num_val_tokens:,} held-out tokens scored; device {device}, "
         f"{dtype_name(parse_dtype(cfg.dtype))}; optimizers {','.join(cfg.optimizers)}; seeds {cfg.seed_list()}")))
 
     # runs[name][lr] -> list over seeds
     runs: dict[str, dict[float, list[RunResult]]] = {n: {lr: [] for lr in cfg.learning_rates()}
                                                     for n in cfg.optimizers}
+    _warm_up(cfg, mcfg, data, device)
     for seed in cfg.seed_list():
         seed_everything(seed)
         init_model = VesperLM(mcfg)  # built once per seed, copied for every optimizer and LR
@@ -483,6 +490,17 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def _warm_up(cfg: BenchConfig, mcfg: ModelConfig, data: _Data, device: torch.device) -> None:
+    """Two untimed steps per optimizer first, so that one-time costs (allocator, kernels, lazy imports)
+    are not charged to whichever run happens to come first."""
+    short = dataclasses.replace(cfg, max_steps=2, epochs=None)
+    no_val = dataclasses.replace(data, val=None)
+    torch.manual_seed(cfg.seed)
+    model = VesperLM(mcfg)
+    for name in cfg.optimizers:
+        _train_one(short, name, cfg.lr, cfg.seed, model, no_val, device, lambda event: None)
 
 
 def _device_name(device: torch.device) -> str:

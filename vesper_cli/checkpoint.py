@@ -27,10 +27,12 @@ FORMAT_VERSION = "1"
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def save_weights(path: str | Path, model: VesperLM, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model``'s weights + config atomically to ``path``."""
+def save_weights(path: str | Path, model: VesperLM, *, state_dict: dict[str, torch.Tensor] | None = None,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s weights (or ``state_dict``, already gathered) + config atomically to ``path``."""
     path = Path(path)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.export_state_dict().items()}
+    source = model.export_state_dict() if state_dict is None else state_dict
+    state = {k: v.detach().contiguous().cpu() for k, v in source.items()}
     metadata = {
         "format": "vesper",
         "vesper_format_version": FORMAT_VERSION,

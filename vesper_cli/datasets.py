@@ -104,8 +104,10 @@ def open_training_data(cfg: DataConfig, tokenizer: VesperTokenizer, *, seed: int
     notes: list[str] = []
     shard = dict(batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=seed, rank=rank, world_size=world_size)
     if cfg.cache:
-        if cfg.dataset:
-            notes.append(f"--dataset {cfg.dataset} ignored: training from --cache {cfg.cache}")
+        if cfg.dataset or cfg.streaming:
+            ignored = " and ".join(x for x in (cfg.dataset and f"--dataset {cfg.dataset}",
+                                                cfg.streaming and "--streaming") if x)
+            notes.append(f"{ignored} ignored: training from --cache {cfg.cache}")
         cache = TokenCache.open(cfg.cache, on_warning=on_warning)
         cache.check_vocab(tokenizer.vocab_size)
         loader = BatchLoader(TokenWindows(cache.tokens, cfg.seq_len), **shard)

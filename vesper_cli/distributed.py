@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from vesper_core.device import resolve_device
+from vesper_core.errors import ConfigError
 
 
 @dataclass
@@ -57,3 +60,57 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# -- FSDP2 (--fsdp): shard every block and the root; gather full tensors for checkpoints -------------
+def shard_model(model: torch.nn.Module, info: DistInfo) -> None:
+    if not info.enabled:
+        raise ConfigError("--fsdp shards the model across ranks: launch with torchrun --nproc_per_node N (N >= 2)")
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.layers:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def _full(value: Any) -> Any:
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def full_model_state(model) -> dict[str, torch.Tensor]:
+    """The exported state dict with sharded tensors gathered (a collective under FSDP: call on every rank)."""
+    return {k: _full(v) for k, v in model.export_state_dict().items()}
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    sd = optimizer.state_dict()
+    sd["state"] = {i: {k: _full(v) for k, v in entry.items()} for i, entry in sd["state"].items()}
+    return sd
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """After loading full (gathered) optimizer state: shard each tensor like its parameter."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not isinstance(p, DTensor):
+                continue
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and not isinstance(value, DTensor) and value.shape == p.shape:
+                    optimizer.state[p][key] = distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
+
+
+def gradient_sync(model: torch.nn.Module, *, enabled: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch (DDP no_sync / FSDP2 flag)."""
+    if enabled:
+        if hasattr(model, "set_requires_gradient_sync"):
+            model.set_requires_gradient_sync(True)
+        return contextlib.nullcontext()
+    if hasattr(model, "no_sync"):
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+    return contextlib.nullcontext()

@@ -1,11 +1,21 @@
-"""Text generation from a checkpoint: find its config and tokenizer, stream decoded text."""
+"""Text generation from a checkpoint: find its config and tokenizer, stream decoded text.
+
+Sampling is ``vesper_core.generation`` (UPSTREAM_SPEC §7.2 order: repetition penalty, temperature,
+top-k, top-p, multinomial; greedy at temperature 0). On top of it this module adds what a person
+needs: text streaming that never splits a UTF-8 character, stop strings (never printed), several
+samples, and batches of prompts.
+
+Batching: rows (prompt x sample) whose prompts encode to the same number of tokens run together as
+one batch (the model has no padding mask, so prompts of different lengths run in separate batches).
+A batch ends when every row has met EOS, a stop string, or ``max_tokens``.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -26,8 +36,12 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop_at_eos: bool = True
+    stop: tuple[str, ...] = ()  # stop strings: generation ends before the first one (never emitted)
 
     def __post_init__(self) -> None:
+        self.stop = tuple(self.stop or ())
+        if any(not s for s in self.stop):
+            raise ConfigError("--stop strings must not be empty")
         if self.max_tokens < 0:
             raise ConfigError(f"--max-tokens must be >= 0, got {self.max_tokens}")
         if self.temperature < 0:
@@ -48,38 +62,163 @@ class Generator:
     checkpoint: LoadedCheckpoint
     stats: dict = field(default_factory=dict)
 
-    def stream(self, prompt: str, sampling: SamplingConfig) -> Iterator[str]:
-        """Yield decoded text pieces as tokens are produced (multi-byte characters are never split)."""
-        prompt_ids = self.tokenizer.encode(prompt)
-        if not prompt_ids:
-            raise ConfigError("--prompt is empty after tokenization; give some text")
-        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        gen = None
-        if sampling.seed is not None:
-            gen = torch.Generator(device=self.device).manual_seed(sampling.seed)
-        new_ids: list[int] = []
-        emitted = ""
-        start = time.perf_counter()
-        for token in generate_tokens(
+    def _ids(self, prompt: str) -> list[int]:
+        ids = self.tokenizer.encode(prompt)
+        if not ids:
+            raise ConfigError(f"prompt {prompt!r} is empty after tokenization; give some text")
+        return ids
+
+    def _generator(self, sampling: SamplingConfig) -> torch.Generator | None:
+        if sampling.seed is None:
+            return None
+        return torch.Generator(device=self.device).manual_seed(sampling.seed)
+
+    def _tokens(self, ids: torch.Tensor, sampling: SamplingConfig, gen: torch.Generator | None):
+        return generate_tokens(
             self.model, ids, max_new_tokens=sampling.max_tokens, temperature=sampling.temperature,
             top_k=sampling.top_k, top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,
             eos_token_id=self.tokenizer.eos_id if sampling.stop_at_eos else None, generator=gen,
-        ):
-            token_id = int(token[0])
-            if sampling.stop_at_eos and token_id == self.tokenizer.eos_id:
+        )
+
+    def stream(self, prompt: str, sampling: SamplingConfig,
+               generator: torch.Generator | None = None) -> Iterator[str]:
+        """Yield decoded text pieces as tokens are produced (multi-byte characters are never split).
+
+        Text that could be the start of a stop string is held back until it is known not to be one.
+        ``generator`` (default: a new one from ``sampling.seed``) lets several calls share one stream
+        of random numbers. ``self.stats`` holds new_tokens, seconds, tokens_per_sec and stopped_by.
+        """
+        ids = torch.tensor([self._ids(prompt)], dtype=torch.long, device=self.device)
+        gen = generator if generator is not None else self._generator(sampling)
+        row = _Row(self.tokenizer, sampling)
+        start = time.perf_counter()
+        for token in self._tokens(ids, sampling, gen):
+            row.add(int(token[0]))
+            piece = row.take()
+            if piece:
+                yield piece
+            if row.stopped_by:
                 break
-            new_ids.append(token_id)
-            text = self.tokenizer.decode(new_ids)
+        piece = row.finish()
+        if piece:
+            yield piece
+        self.stats = _stats(row.num_tokens, time.perf_counter() - start, row.stopped_by or "max_tokens")
+
+    def generate_batch(self, prompts: Sequence[str], sampling: SamplingConfig,
+                       num_samples: int = 1) -> list["Completion"]:
+        """``num_samples`` completions of every prompt, in (prompt, sample) order, batched by prompt length."""
+        if num_samples <= 0:
+            raise ConfigError(f"--num-samples must be positive, got {num_samples}")
+        encoded = [self._ids(p) for p in prompts]
+        rows = [(i, s) for i in range(len(prompts)) for s in range(num_samples)]
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for i, s in rows:
+            groups.setdefault(len(encoded[i]), []).append((i, s))
+        gen = self._generator(sampling)
+        results: dict[tuple[int, int], Completion] = {}
+        total_tokens, start = 0, time.perf_counter()
+        for members in groups.values():
+            ids = torch.tensor([encoded[i] for i, _ in members], dtype=torch.long, device=self.device)  # (B, T)
+            states = [_Row(self.tokenizer, sampling) for _ in members]
+            for token in self._tokens(ids, sampling, gen):  # (B,)
+                for state, t in zip(states, token.tolist()):
+                    if not state.stopped_by:
+                        state.add(int(t))
+                if all(state.stopped_by for state in states):
+                    break
+            for (i, s), state in zip(members, states):
+                state.take()
+                state.finish()
+                total_tokens += state.num_tokens
+                results[(i, s)] = Completion(prompt=prompts[i], prompt_index=i, sample=s, text=state.emitted,
+                                             num_tokens=state.num_tokens,
+                                             stopped_by=state.stopped_by or "max_tokens")
+        self.stats = _stats(total_tokens, time.perf_counter() - start, "batch")
+        self.stats["num_batches"] = len(groups)
+        return [results[key] for key in rows]
+
+
+@dataclass
+class Completion:
+    prompt: str
+    prompt_index: int
+    sample: int
+    text: str  # the new text only (the prompt is not repeated)
+    num_tokens: int
+    stopped_by: str  # "eos" | "stop" | "max_tokens"
+
+
+def _stats(num_tokens: int, seconds: float, stopped_by: str) -> dict:
+    return {"new_tokens": num_tokens, "seconds": seconds,
+            "tokens_per_sec": num_tokens / seconds if seconds > 0 else 0.0, "stopped_by": stopped_by}
+
+
+def stop_index(text: str, stops: Sequence[str]) -> int | None:
+    """Where the earliest stop string starts in ``text``, or None."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of ``text`` that is the beginning of some stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+class _Row:
+    """One sequence's decoded text: what is safe to emit, and whether it has stopped."""
+
+    def __init__(self, tokenizer: VesperTokenizer, sampling: SamplingConfig):
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_id if sampling.stop_at_eos else None
+        self.stops = sampling.stop
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.stopped_by: str | None = None
+        self._final: str | None = None  # the whole text once a stop string was found
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.ids)
+
+    def add(self, token_id: int) -> None:
+        if self.eos_id is not None and token_id == self.eos_id:
+            self.stopped_by = "eos"
+            return
+        self.ids.append(token_id)
+        if self.stops:
+            text = self.tokenizer.decode(self.ids)
+            cut = stop_index(text, self.stops)
+            if cut is not None:
+                self.stopped_by = "stop"
+                self._final = text[:cut]
+
+    def take(self) -> str:
+        """The text that can be shown now."""
+        if self._final is not None:
+            text, safe = self._final, len(self._final)
+        else:
+            text = self.tokenizer.decode(self.ids)
             if text.endswith("\ufffd"):
-                continue  # an incomplete UTF-8 sequence: wait for the next token
-            yield text[len(emitted):]
-            emitted = text
-        text = self.tokenizer.decode(new_ids)
-        if len(text) > len(emitted):
-            yield text[len(emitted):]
-        elapsed = time.perf_counter() - start
-        self.stats = {"new_tokens": len(new_ids), "seconds": elapsed,
-                      "tokens_per_sec": len(new_ids) / elapsed if elapsed > 0 else 0.0}
+                return ""  # an incomplete UTF-8 sequence: wait for the next token
+            safe = len(text) - held_back(text, self.stops)
+        if safe <= len(self.emitted):
+            return ""
+        piece = text[len(self.emitted):safe]
+        self.emitted = text[:safe]
+        return piece
+
+    def finish(self) -> str:
+        """Whatever is left once generation ended (held-back text that turned out not to be a stop)."""
+        text = self._final if self._final is not None else self.tokenizer.decode(self.ids)
+        piece = text[len(self.emitted):] if len(text) > len(self.emitted) else ""
+        self.emitted = text if len(text) > len(self.emitted) else self.emitted
+        return piece
 
 
 def load_generator(model_path: str | Path, *, tokenizer: str | None = None, model_size: str | None = None,

@@ -98,16 +98,16 @@ def _join_optimizer(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> d
 
 
 # -- save / load -------------------------------------------------------------------------------
-def save_resume_state(weights_path: str | Path, state: ResumeState, optimizer: torch.optim.Optimizer,
-                      scaler: torch.amp.GradScaler | None) -> tuple[Path, Path]:
+def save_resume_state(weights_path: str | Path, state: ResumeState, optimizer_state: dict[str, Any],
+                      optimizer_class: str, scaler: torch.amp.GradScaler | None) -> tuple[Path, Path]:
     tensor_path, json_path = state_paths(weights_path)
-    optim_meta, tensors = _split_optimizer(optimizer.state_dict())
+    optim_meta, tensors = _split_optimizer(optimizer_state)
     rng_meta, rng_tensors = capture_rng()
     tensors.update(rng_tensors)
     meta = {
         "vesper_state_format": STATE_FORMAT_VERSION, "vesper_version": __version__,
         "weights_file": Path(weights_path).name, "step": state.step, "loader": state.loader,
-        "counters": state.counters, "optimizer": optim_meta, "optimizer_class": type(optimizer).__name__,
+        "counters": state.counters, "optimizer": optim_meta, "optimizer_class": optimizer_class,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng_meta, "run_config": state.run_config,
     }

@@ -77,6 +77,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_batches: int = 50  # 0 = the whole validation set
     compile: bool = False
+    fsdp: bool = False  # shard parameters/grads/optimizer state over ranks (FSDP2); needs torchrun
     wandb: bool = False
     wandb_project: str = "vesper-training"
     wandb_run: str | None = None

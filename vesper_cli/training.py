@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from vesper_cli.checkpoint import TOKENIZER_FILE, read_checkpoint, save_weights, step_from_name
 from vesper_cli.control import StopControl
 from vesper_cli.datasets import load_tokens, open_training_data, prepare_tokenizer
-from vesper_cli.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
+from vesper_cli.distributed import (DistInfo, all_reduce_sum, full_model_state, full_optimizer_state, gradient_sync,
+                                   init_distributed, shard_model, shard_optimizer_state, shutdown)
 from vesper_cli.evaluation import evaluate
 from vesper_cli.experiment_log import ExperimentLogger
 from vesper_cli.observer import RunInfo, StepMetrics, TrainObserver, TrainResult
@@ -160,8 +161,6 @@ def _build(cfg: RunConfig, observer: TrainObserver) -> tuple[_Run, LoadedResumeS
         model.load_exported_state_dict(resume_ckpt.state_dict)
     model.to(dist_info.device)
 
-    optimizer = build_optimizer(build_param_groups(model, cfg.optim.weight_decay), cfg.optim,
-                                vocab_size=vocab_size)
     scaler = torch.amp.GradScaler(dist_info.device.type, enabled=dtype == torch.float16)
 
     loader = data.loader
@@ -170,11 +169,13 @@ def _build(cfg: RunConfig, observer: TrainObserver) -> tuple[_Run, LoadedResumeS
         val_windows = TokenWindows(load_tokens(cfg.data.val_dataset, cfg.data, tokenizer,
                                                on_warning=observer.on_message), cfg.data.seq_len)
 
+    if tcfg.fsdp:
+        shard_model(model, dist_info)
     forward_model: torch.nn.Module = model
     if tcfg.compile:
         forward_model = torch.compile(model)
         notes.append("torch.compile on: the first steps compile (slow), checkpoints stay uncompiled")
-    if dist_info.enabled:
+    if dist_info.enabled and not tcfg.fsdp:
         from torch.nn.parallel import DistributedDataParallel
 
         forward_model = DistributedDataParallel(
@@ -182,6 +183,8 @@ def _build(cfg: RunConfig, observer: TrainObserver) -> tuple[_Run, LoadedResumeS
         notes.append(f"DDP on {dist_info.world_size} ranks ({'nccl' if dist_info.device.type == 'cuda' else 'gloo'}), "
                      f"global batch {cfg.data.batch_size * dist_info.world_size * tcfg.grad_accum}")
 
+    optimizer = build_optimizer(build_param_groups(model, cfg.optim.weight_decay), cfg.optim,
+                                vocab_size=vocab_size)
     start_step = 0
     if resume_ckpt is not None:
         start_step = int(resume_ckpt.meta("step", step_from_name(resume_ckpt.path)))
@@ -208,6 +211,8 @@ def _restore(run: _Run, state: LoadedResumeState) -> None:
         run.optimizer.load_state_dict(state.optimizer_state_dict())
     except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"optimizer state in the checkpoint does not fit this model: {exc}") from exc
+    if run.cfg.train.fsdp:
+        shard_optimizer_state(run.optimizer)
     if meta.get("scaler") and run.scaler.is_enabled():
         run.scaler.load_state_dict(meta["scaler"])
     run.loader.load_state_dict(_loader_state_for(run, meta["loader"]))
@@ -250,12 +255,16 @@ _PERIODIC = re.compile(r"^checkpoint-(\d+)\.safetensors$")
 
 def _save(run: _Run, name: str, *, full_state: bool = True, observer: TrainObserver | None = None) -> Path:
     path = run.output_dir / name
+    # with FSDP every rank takes part in gathering the full tensors; rank 0 writes them
+    weights = full_model_state(run.model)
+    optimizer_state = full_optimizer_state(run.optimizer) if full_state else None
     if not run.dist.is_main:
         return path
     if full_state:
         save_resume_state(path, ResumeState(step=run.step, loader=_loader_state(run), counters=run.counters,
-                                            run_config=run.cfg.to_dict()), run.optimizer, run.scaler)
-    save_weights(path, run.model, extra={
+                                            run_config=run.cfg.to_dict()), optimizer_state,
+                          type(run.optimizer).__name__, run.scaler)
+    save_weights(path, run.model, state_dict=weights, extra={
         "step": str(run.step), "model_size": run.cfg.model.model_size, "optimizer": run.cfg.optim.name,
         "tokenizer_sha256": run.tokenizer.sha256(), "dtype": dtype_name(run.dtype),
     })
@@ -301,8 +310,7 @@ def _optimizer_step(run: _Run, micro_batches: list) -> _StepOutcome:
     for i, (input_ids, labels) in enumerate(micro_batches):
         input_ids, labels = input_ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         is_last = i == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if (is_last or not run.dist.enabled) else model.no_sync()
-        with sync:
+        with gradient_sync(model, enabled=is_last or not run.dist.enabled):
             with autocast():
                 out = model(input_ids)
             ce = F.cross_entropy(out.logits.float().flatten(0, 1), labels.flatten(), reduction="sum")

@@ -13,13 +13,19 @@ TRAIN_FLAGS = {
     "--save-every", "--output-dir", "--max-steps", "--vocab-size", "--optimizer", "--resume", "--moe",
     "--num-experts", "--top-k", "--dtype", "--gradient-checkpointing", "--seed", "--device", "--log-every",
     "--config", "--grad-accum", "--warmup-steps", "--lr-schedule", "--weight-decay", "--max-grad-norm",
-    "--val-dataset", "--eval-every", "--keep-last", "--max-bad-steps", "--compile", "--num-workers", "--wandb",
+    "--val-dataset", "--eval-every", "--keep-last", "--max-bad-steps", "--compile", "--fsdp", "--num-workers", "--cache", "--streaming", "--chunk-mb", "--wandb",
     "--wandb-project", "--wandb-run",
 }
 GENERATE_FLAGS = {
     "--model", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",
-    "--seed", "--tokenizer", "--model-size", "--device",
+    "--seed", "--tokenizer", "--model-size", "--device", "--stop", "--num-samples", "--prompts-file", "--interactive",
 }
+BENCHMARK_FLAGS = {
+    "--dataset", "--format", "--tokenizer", "--model-size", "--epochs", "--max-steps", "--batch-size", "--lr",
+    "--seq-len", "--output", "--seeds", "--seed", "--optimizers", "--lr-sweep", "--val-fraction", "--val-tokens",
+    "--dtype", "--device", "--plot", "--json",
+}
+PLOT_FLAGS = {"--output"}
 
 
 def _flags(help_text: str) -> set[str]:
@@ -29,7 +35,7 @@ def _flags(help_text: str) -> set[str]:
 def test_help_lists_commands(cli):
     code, out, _ = cli("--help")
     assert code == 0
-    for command in ("train", "generate", "plugins"):
+    for command in ("train", "benchmark", "generate", "plot", "plugins"):
         assert re.search(rf"^\s*{command}\b", out, re.M), command
 
 
@@ -38,7 +44,8 @@ def test_version(cli):
     assert code == 0 and out.strip() == f"vesper {__version__}"
 
 
-@pytest.mark.parametrize("command,expected", [("train", TRAIN_FLAGS), ("generate", GENERATE_FLAGS)])
+@pytest.mark.parametrize("command,expected", [("train", TRAIN_FLAGS), ("generate", GENERATE_FLAGS),
+                                              ("benchmark", BENCHMARK_FLAGS), ("plot", PLOT_FLAGS)])
 def test_command_flags_snapshot(cli, command, expected):
     code, out, _ = cli(command, "--help")
     assert code == 0

@@ -54,3 +54,40 @@ def test_resume_across_world_sizes(tmp_path):
     assert [s["step"] for s in got] == [4, 5, 6]
     for a, b in zip(ref[3:], got):
         assert abs(a["loss"] - b["loss"]) < 1e-4, (a, b)
+
+
+def test_fsdp_two_ranks_match_single_process_and_resume(tmp_path):
+    data = make_text(tmp_path / "t.txt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["train", "--dataset", str(data), *ARGS, "--max-steps", "4", "--save-every", "2"]
+    single = subprocess.run([sys.executable, "-m", "vesper_cli", *common, "--batch-size", "8",
+                             "--output-dir", str(tmp_path / "single")], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "vesper_cli", *common, "--batch-size", "4", "--fsdp"]
+    fsdp = subprocess.run([*torchrun, "--output-dir", str(tmp_path / "fsdp")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    one = json.loads((tmp_path / "single" / "training_log.json").read_text())["steps"]
+    two = json.loads((tmp_path / "fsdp" / "training_log.json").read_text())["steps"]
+    for a, b in zip(one, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (a, b)
+    from vesper_cli.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(tmp_path / "fsdp" / "checkpoint-final.safetensors")  # full, unsharded weights
+    assert ckpt.state_dict["embeddings.weight"].shape == (257, 64)
+    resumed = subprocess.run([*torchrun, "--output-dir", str(tmp_path / "fsdp"), "--resume",
+                              str(tmp_path / "fsdp" / "checkpoint-2.safetensors"), "--max-steps", "4"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = json.loads((tmp_path / "fsdp" / "training_log.json").read_text())["steps"]
+    assert [s["step"] for s in again] == [1, 2, 3, 4]
+    for a, b in zip(two, again):
+        assert abs(a["loss"] - b["loss"]) < 1e-6, (a, b)
+
+
+def test_fsdp_without_torchrun_is_a_clear_error(tmp_path, cli):
+    data = make_text(tmp_path / "t.txt")
+    code, _, err = cli("train", "--dataset", data, *ARGS, "--max-steps", "1", "--fsdp", "--output-dir", tmp_path / "o")
+    assert code != 0 and "torchrun" in err and "Traceback" not in err

@@ -47,6 +47,7 @@ def train_command(
     keep_last: Optional[int] = Opt(None, help="Keep only the newest K periodic checkpoints, 0 = all  [default: 0]"),
     max_bad_steps: Optional[int] = Opt(None, help="Stop after N consecutive non-finite steps  [default: 10]"),
     compile: Optional[bool] = Opt(None, "--compile", help="torch.compile the model (checkpoints stay uncompiled)."),
+    fsdp: Optional[bool] = Opt(None, "--fsdp", help="Shard the model over torchrun ranks (FSDP2) for models too big for one device."),
     num_workers: Optional[int] = Opt(None, help="Chunks tokenized ahead with --streaming (at least 2)  [default: 0]"),
     cache: Optional[str] = Opt(None, help="Train from a VSPR .bin token cache (`vesper cache build`); --dataset not needed."),
     streaming: Optional[bool] = Opt(None, "--streaming", help="Tokenize --dataset chunk by chunk in the background (files larger than memory)."),
@@ -66,7 +67,7 @@ def train_command(
         num_experts=num_experts, top_k=top_k, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
         seed=seed, device=device, log_every=log_every, grad_accum=grad_accum, warmup_steps=warmup_steps,
         lr_schedule=lr_schedule, weight_decay=weight_decay, max_grad_norm=max_grad_norm, val_dataset=val_dataset,
-        eval_every=eval_every, keep_last=keep_last, max_bad_steps=max_bad_steps, compile=compile,
+        eval_every=eval_every, keep_last=keep_last, max_bad_steps=max_bad_steps, compile=compile, fsdp=fsdp,
         num_workers=num_workers, cache=cache, streaming=streaming, chunk_mb=chunk_mb, wandb=wandb, wandb_project=wandb_project, wandb_run=wandb_run,
     )
     run = build_run_config(flags, config)

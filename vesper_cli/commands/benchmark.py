@@ -1,0 +1,137 @@
+"""Compare optimizers fairly: same initial weights, same batches, N seeds, held-out loss, verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from vesper_cli.output import console, err_console, info, stderr_is_tty
+
+Opt = typer.Option
+
+
+class _ProgressPrinter:
+    """Runner events on stderr: a rich bar per run on a TTY, a line per run (and every N steps) otherwise."""
+
+    def __init__(self, every: int = 50):
+        self.every = every
+        self.bar = None
+        self.task = None
+
+    def __call__(self, event) -> None:
+        if event.kind == "message":
+            info(event.message)
+        elif event.kind == "start":
+            if stderr_is_tty():
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+                self.bar = Progress(TextColumn(event.run), BarColumn(bar_width=30), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), console=err_console,
+                                    transient=True)
+                self.bar.start()
+                self.task = self.bar.add_task(event.run, total=event.total_steps, loss="")
+            else:
+                info(f"{event.run}: {event.total_steps} steps")
+        elif event.kind == "step":
+            if self.bar is not None:
+                self.bar.update(self.task, completed=event.step, loss=f"loss {event.loss:.4f}")
+            elif event.step % self.every == 0:
+                info(f"{event.run}: step {event.step}/{event.total_steps} loss {event.loss:.4f}")
+        elif event.kind == "end":
+            if self.bar is not None:
+                self.bar.stop()
+                self.bar = None
+            info(f"{event.run}: done, held-out loss {event.loss:.4f}" if event.loss is not None
+                 else f"{event.run}: done")
+
+
+def _fmt(stat: dict[str, Any] | None, digits: int = 4) -> str:
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def render_table(report: dict[str, Any]) -> None:
+    from rich import box
+    from rich.table import Table
+
+    summary = report["summary"]
+    cfg = report["config"]
+    table = Table(title=f"vesper benchmark: {cfg['model_size']}, {cfg['seeds']} seed(s), mean ± std",
+                  box=box.SIMPLE_HEAD)
+    for column in ("optimizer", "lr", "val loss", "train loss", "tok/s", "ms/step", "peak MiB"):
+        table.add_column(column, justify="left" if column == "optimizer" else "right", no_wrap=True)
+    for name, s in summary.items():
+        table.add_row(name, f"{s['lr']:.1e}", _fmt(s.get("val_loss")), _fmt(s["final_train_loss"]),
+                      f"{s['tokens_per_sec']['mean']:.0f}", f"{s['time_per_step_ms']['mean']:.1f}",
+                      f"{s['peak_memory_mb']['mean']:.0f}")
+    console.print(table)
+    for name, sweep in (report.get("lr_sweep") or {}).items():
+        grid = ", ".join(f"{g['lr']:.1e}: {_fmt(next(v for k, v in g.items() if k not in ('lr', 'seeds')))}"
+                         for g in sweep["grid"])
+        console.print(f"lr sweep {name}: {grid} -> best {sweep['best_lr']:.1e}", markup=False)
+    if report.get("verdict"):
+        console.print(f"Verdict: {report['verdict']}", markup=False)
+
+
+def _check_writable(output: Path) -> None:
+    from vesper_core.errors import ConfigError
+
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--output {output}: cannot create its folder ({exc.strerror})") from exc
+    if output.is_dir():
+        raise ConfigError(f"--output {output} is a folder; give a file name such as benchmark_report.json")
+
+
+def benchmark_command(
+    dataset: Optional[str] = Opt(None, help="Text/JSONL file, or 'demo' (built-in corpus)."),
+    format: str = Opt("auto", "--format", help="auto | text | jsonl"),
+    tokenizer: str = Opt("auto", help="auto | byte | PATH/tokenizer.json | folder | HF hub id"),
+    model_size: str = Opt("small", help="Preset, MoE presets included (nano, tiny, small, ..., tiny-moe)."),
+    epochs: Optional[int] = Opt(None, help="Epochs per run  [default: 5, or no limit with max steps]"),
+    max_steps: int = Opt(0, help="Steps per run, 0 = by --epochs."),
+    batch_size: int = Opt(4, help="Sequences per step."),
+    lr: float = Opt(3e-4, help="Learning rate (the centre of the sweep grid)."),
+    seq_len: int = Opt(256, help="Tokens per sample."),
+    output: Path = Opt(Path("benchmark_report.json"), help="JSON report path."),
+    seeds: int = Opt(1, help="Seeds per optimizer (3 or more for a verdict)."),
+    seed: int = Opt(0, help="First seed (seeds are SEED, SEED+1, ...)."),
+    optimizers: str = Opt("velvet,adamw", help="Comma-separated optimizer names."),
+    lr_sweep: bool = Opt(False, "--lr-sweep", help="Try lr x {0.5, 1, 2} per optimizer, compare the best of each."),
+    val_fraction: float = Opt(0.1, help="Hold out the last part of the token stream for validation, 0 = none."),
+    val_tokens: int = Opt(65536, help="Score the first N held-out tokens, 0 = all."),
+    dtype: str = Opt("f32", help="f32 | bf16 | f16 (autocast over f32 weights)"),
+    device: str = Opt("auto", help="auto | cpu | cuda"),
+    plot: bool = Opt(False, "--plot", help="Also write the four graphs as OUTPUT with a .png suffix."),
+    json_out: bool = Opt(False, "--json", help="Print the report JSON on stdout instead of the table."),
+) -> None:
+    from vesper_cli.atomic import write_json_atomic
+    from vesper_cli.benchmarking import BenchConfig, run_benchmark
+
+    cfg = BenchConfig(dataset=dataset, format=format, tokenizer=tokenizer, model_size=model_size, epochs=epochs,
+                      max_steps=max_steps, batch_size=batch_size, lr=lr, seq_len=seq_len, seeds=seeds, seed=seed,
+                      optimizers=tuple(optimizers.split(",")), lr_sweep=lr_sweep, val_fraction=val_fraction,
+                      val_tokens=val_tokens, dtype=dtype, device=device)
+    _check_writable(output)  # fail before the runs, not after them
+    if plot:
+        from vesper_cli.plots import _pyplot
+
+        _pyplot()
+    report = run_benchmark(cfg, progress=_ProgressPrinter())
+    write_json_atomic(output, report)
+    info(f"report: {output}")
+    if plot:
+        from vesper_cli.plots import plot_benchmark
+
+        png = output.with_suffix(".png")
+        plot_benchmark(report, png)
+        info(f"plot: {png}")
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        render_table(report)

@@ -24,26 +24,30 @@ class DataConfig:
     val_dataset: str | None = None
     shuffle: bool = True
     num_workers: int = 0
+    cache: str | None = None  # a VSPR .bin written by `vesper cache build` (or Rust): train from its memory map
+    streaming: bool = False  # tokenize --dataset chunk by chunk in a background thread (files > memory)
+    chunk_mb: int = 50  # streaming chunk size in MiB
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "batch_size", "vocab_size", "num_workers"):
+        for name in ("seq_len", "batch_size", "vocab_size", "num_workers", "chunk_mb"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{_flag(name)} must be an integer, got {value!r}")
-        for name in ("seq_len", "batch_size"):
+        for name in ("seq_len", "batch_size", "chunk_mb"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{_flag(name)} must be positive, got {getattr(self, name)}")
         if self.vocab_size < 0:
             raise ConfigError(f"--vocab-size must be 0 (the tokenizer's size) or positive, got {self.vocab_size}")
         if self.num_workers < 0:
             raise ConfigError(f"--num-workers must be 0 or more, got {self.num_workers}")
-        if not isinstance(self.shuffle, bool):
-            raise ConfigError(f"shuffle must be true or false, got {self.shuffle!r}")
+        for name in ("shuffle", "streaming"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("format", "text_field", "tokenizer"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{_flag(name)} must be a non-empty string, got {value!r}")
-        for name in ("dataset", "val_dataset"):
+        for name in ("dataset", "val_dataset", "cache"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{_flag(name)} must be a path or 'demo', got {value!r}")

@@ -1,6 +1,6 @@
 """Dataset files -> documents -> one array of token ids.
 
-A format reader turns a file into documents (``FORMATS``: "text", "jsonl"). Long documents
+A format reader turns a file into documents (``FORMATS``: "text", "jsonl", "squad", "hf"). Long documents
 may arrive in pieces: every piece but the last is a :class:`DocumentPiece` with
 ``continues=True``, so nothing ever holds a whole multi-GB file and
 :func:`tokenize_documents` still puts EOS only between real documents.
@@ -172,26 +172,105 @@ def read_jsonl(path: Path, *, text_field: str = "text",
     bad.report(path, on_warning)
 
 
+_SQUAD_SHAPE = '{"data": [{"paragraphs": [{"context": ..., "qas": [...]}]}]}'
+
+
+def _squad_paragraph(paragraph: dict) -> str:
+    """Spec §4.2: the context and a newline, then "Q: <question> A: <first answer>\n" per answered QA."""
+    parts = [f"{paragraph['context']}\n"]
+    for qa in paragraph.get("qas") or []:
+        if not isinstance(qa, dict):
+            continue
+        question, answers = qa.get("question"), qa.get("answers")
+        if isinstance(question, str) and isinstance(answers, list) and answers and isinstance(answers[0], dict):
+            parts.append(f"Q: {question} A: {answers[0].get('text', '')}\n")
+    return "".join(parts)
+
+
+@FORMATS.register("squad", aliases=("json",))
+def read_squad(path: Path, *, text_field: str = "text",
+               on_warning: Callable[[str], None] | None = None) -> Iterator[str]:
+    """SQuAD-style JSON: each paragraph (context + its questions and first answers) is one document.
+
+    Upstream Rust made the whole file one string; here EOS separates paragraphs. Articles or
+    paragraphs lacking the arrays are skipped, as upstream did.
+    """
+    raw = path.read_bytes()
+    bad = _InvalidByteCounter()
+    try:
+        obj = json.loads(bad.clean(raw.decode("utf-8", errors="surrogateescape")).removeprefix("\ufeff"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    data = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(data, list):
+        found = (f"top-level keys {', '.join(map(repr, list(obj)[:5])) or 'none'}" if isinstance(obj, dict)
+                 else f"a top-level {type(obj).__name__}")
+        raise DataError(f"{path} is not SQuAD-shaped JSON (expected {_SQUAD_SHAPE}, found {found}); "
+                        f"for other JSON use .jsonl with one {{\"text\": ...}} object per line")
+    found_any = False
+    for article in data:
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        for paragraph in paragraphs if isinstance(paragraphs, list) else []:
+            if isinstance(paragraph, dict) and isinstance(paragraph.get("context"), str):
+                found_any = True
+                yield _squad_paragraph(paragraph)
+    if not found_any:
+        raise DataError(f"{path} is not SQuAD-shaped JSON: its 'data' list has no paragraphs with a "
+                        f"'context' string (expected {_SQUAD_SHAPE})")
+    bad.report(path, on_warning)
+
+
+@FORMATS.register("hf", aliases=("parquet", "arrow"))
+def read_hf(path: Path | str, *, text_field: str = "text",
+            on_warning: Callable[[str], None] | None = None) -> Iterator[str]:
+    """A Hugging Face dataset: ``hf:NAME[:CONFIG][@SPLIT]``, or a local .parquet/.arrow file or folder."""
+    from vesper_data.hf_source import read_hf_documents  # pyarrow / datasets load only when used
+
+    return read_hf_documents(str(path), text_field=text_field)
+
+
 # -- format choice and reading ----------------------------------------------------------------
-def detect_format(path: Path, fmt: str = "auto") -> str:
-    """Canonical format name: ``fmt`` itself, or for "auto" a guess from the file extension."""
+HF_PREFIX = "hf:"
+
+
+def is_hf_spec(path: Path | str) -> bool:
+    return str(path).startswith(HF_PREFIX)
+
+
+def detect_format(path: Path | str, fmt: str = "auto") -> str:
+    """Canonical format name: ``fmt`` itself, or for "auto" a guess from ``hf:`` or the file extension.
+
+    Like Rust: .jsonl -> jsonl, .json -> squad, anything else -> text; plus hf: / .parquet / .arrow -> hf.
+    """
     if fmt != "auto":
         return FORMATS.resolve(fmt)
+    if is_hf_spec(path):
+        return "hf"
     suffix = Path(path).suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     if suffix == ".json":
-        raise DataError(f"{path}: SQuAD .json is not supported yet; convert it to .jsonl "
-                        f"(one {{\"text\": ...}} object per line)")
+        return "squad"
+    if suffix in (".parquet", ".arrow"):
+        return "hf"
     return "text"
+
+
+def check_source(path: Path | str, name: str) -> None:
+    """The file checks that fit format ``name`` (hf specs and dataset folders are checked by their reader)."""
+    if name == "hf":
+        if not is_hf_spec(path) and not Path(path).exists():
+            raise DataError(f"dataset file not found: {path}")
+        return
+    check_data_file(Path(path))
 
 
 def read_documents(path: Path | str, fmt: str = "auto", *, text_field: str = "text",
                    on_warning: Callable[[str], None] | None = None) -> Iterator[str]:
     """Documents of one file (see the module docstring about pieces); errors name the path."""
-    path = Path(path)
     name = detect_format(path, fmt)
-    check_data_file(path)
+    check_source(path, name)
+    path = path if is_hf_spec(path) else Path(path)
     reader = FORMATS.get(name)
     if _accepts_on_warning(reader):
         return reader(path, text_field=text_field, on_warning=on_warning)
@@ -216,6 +295,33 @@ def _pieces(docs: Iterable[str]) -> Iterator[tuple[str, bool]]:
             yield part, (i == len(parts) - 1 and not last_continues)
         if not parts and not last_continues:
             yield "", True
+
+
+def encode_stream(docs: Iterable[str], tokenizer, *, batch_chars: int = 1 << 22
+                  ) -> Iterator[tuple[list[tuple[np.ndarray, bool]], int]]:
+    """Documents encoded batch by batch: ``([(ids uint32, ends_document), ...], utf8_bytes)``.
+
+    Each batch holds about ``batch_chars`` characters split into encode-sized pieces, encoded with
+    one ``encode_batch`` call (all cores); memory stays bounded by the batch size.
+    """
+    batch: list[tuple[str, bool]] = []
+    size = 0
+
+    def flush():
+        encoded = tokenizer.encode_batch([text for text, _ in batch])
+        num_bytes = sum(len(text.encode("utf-8")) for text, _ in batch)
+        out = [(np.array(ids, dtype=np.uint32), ends) for ids, (_, ends) in zip(encoded, batch)]
+        batch.clear()
+        return out, num_bytes
+
+    for text, ends in _pieces(docs):
+        batch.append((text, ends))
+        size += len(text)
+        if size >= batch_chars:
+            yield flush()
+            size = 0
+    if batch:
+        yield flush()
 
 
 def tokenize_documents(docs: Iterable[str], tokenizer, *, eos_between: bool = True,
@@ -268,10 +374,9 @@ def load_token_ids(paths: Sequence[Path | str] | Path | str, tokenizer, fmt: str
                    text_field: str = "text", on_warning: Callable[[str], None] | None = None,
                    progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Read and tokenize one or more files (each file's documents, EOS between documents)."""
-    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     for path in paths:  # fail on a bad file before spending time on the good ones
-        detect_format(path, fmt)
-        check_data_file(path)
+        check_source(path, detect_format(path, fmt))
 
     def documents() -> Iterator[str]:
         for path in paths:

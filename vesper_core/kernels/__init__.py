@@ -16,4 +16,21 @@ from vesper_core.kernels.cross_entropy import (
     cross_entropy_reference,
 )
 
-__all__ = ["ChunkedCrossEntropyFunction", "chunked_cross_entropy", "cross_entropy_reference"]
+
+
+def era_triton_apply(x, gamma):
+    """Lazy entry for ``ERA_BACKENDS``: ``era_triton.era_triton(x, gamma)`` (imports triton on first call)."""
+    from vesper_core.kernels.era_triton import era_triton
+
+    return era_triton(x, gamma)
+
+
+def cross_entropy_triton_apply(logits, labels, ignore_index=-100):
+    """Lazy entry: ``cross_entropy_triton.cross_entropy_triton`` (imports triton on first call)."""
+    from vesper_core.kernels.cross_entropy_triton import cross_entropy_triton
+
+    return cross_entropy_triton(logits, labels, ignore_index)
+
+
+__all__ = ["ChunkedCrossEntropyFunction", "chunked_cross_entropy", "cross_entropy_reference", "era_triton_apply",
+           "cross_entropy_triton_apply"]

@@ -44,13 +44,15 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int,
-                chunk_size: int) -> torch.Tensor:
+                chunk_size: int, reduction: str = "mean", entropy_out: torch.Tensor | None = None) -> torch.Tensor:
         num_rows, _ = hidden.shape
         need_dh = ctx.needs_input_grad[0]
         need_dw = ctx.needs_input_grad[1]
         valid = labels != ignore_index
         num_valid = int(valid.sum())
-        scale = 1.0 / max(num_valid, 1)  # all-ignored: loss NaN (as the reference), grads zero
+        # mean: all-ignored gives a NaN loss (as the reference) and zero grads
+        scale = 1.0 / max(num_valid, 1) if reduction == "mean" else 1.0
+        entropy_sum = torch.zeros((), dtype=torch.float32, device=hidden.device) if entropy_out is not None else None
 
         # f32 math for f32/bf16/f16 inputs; float64 inputs stay float64 (gradcheck)
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
@@ -68,9 +70,16 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
             safe_lab = torch.where(ok, lab, torch.zeros_like(lab))
             target = logits.gather(1, safe_lab.unsqueeze(1)).squeeze(1)
             loss_sum += torch.where(ok, lse - target, torch.zeros_like(lse)).sum()
+            if entropy_sum is not None:  # H = -sum(p * log p) over every row (ignored ones too)
+                logp = logits.sub_(lse.unsqueeze(1))
+                probs = logp.exp()
+                entropy_sum -= torch.linalg.vecdot(probs, logp).sum().float()
+                logits = probs
+            else:
+                logits = logits.sub_(lse.unsqueeze(1)).exp_()   # softmax, in place
             if need_dh or need_dw:
-                # logits becomes dloss/dlogits in place: (softmax - onehot) * scale, 0 on ignored rows
-                dlogits = logits.sub_(lse.unsqueeze(1)).exp_()
+                # the softmax becomes dloss/dlogits in place: (softmax - onehot) * scale, 0 on ignored rows
+                dlogits = logits
                 dlogits.scatter_add_(1, safe_lab.unsqueeze(1), torch.full_like(lse, -1.0).unsqueeze(1))
                 dlogits.mul_((ok.to(dlogits.dtype) * scale).unsqueeze(1))
                 if need_dh:
@@ -82,7 +91,12 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
                         grad_weight.add_(dlogits.to(h.dtype).t() @ h)
             del logits
 
-        loss = loss_sum / num_valid if num_valid > 0 else torch.full((), math.nan, dtype=acc, device=hidden.device)
+        if reduction == "sum":
+            loss = loss_sum
+        else:
+            loss = loss_sum / num_valid if num_valid > 0 else torch.full((), math.nan, dtype=acc, device=hidden.device)
+        if entropy_out is not None:
+            entropy_out.copy_(entropy_sum / (max(num_rows, 1) * math.log(max(weight.shape[0], 2))))
         ctx.save_for_backward(grad_hidden if need_dh else None, grad_weight if need_dw else None)
         ctx.weight_dtype = weight.dtype
         return loss
@@ -95,17 +109,24 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
             dh = grad_hidden * grad_output.to(grad_hidden.dtype)
         if ctx.needs_input_grad[1] and grad_weight is not None:
             dw = (grad_weight * grad_output.to(grad_weight.dtype)).to(ctx.weight_dtype)
-        return dh, dw, None, None, None
+        return dh, dw, None, None, None, None, None
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                          ignore_index: int = -100, chunk_size: int | None = None) -> torch.Tensor:
-    """Mean CE of ``hidden @ weight.T`` against ``labels`` without the full (N, V) f32 logits.
+                          ignore_index: int = -100, chunk_size: int | None = None, reduction: str = "mean",
+                          return_entropy: bool = False):
+    """CE of ``hidden @ weight.T`` against ``labels`` without the full (N, V) f32 logits.
 
     ``hidden``: (N, H) or (B, T, H); ``weight``: (V, H) (the LM head / tied embedding);
     ``labels``: (N,) or (B, T) int64 with ``ignore_index`` for padding. Differentiable w.r.t.
     ``hidden`` and ``weight``. ``chunk_size`` rows per chunk (default: ~64 MiB of f32 logits).
+    ``reduction``: "mean" over non-ignored rows (default) or "sum".
+    ``return_entropy=True`` returns ``(loss, normalized_entropy)``, the second a detached 0-dim
+    f32 tensor equal to ``vesper_optim.signals.normalized_entropy(logits)`` (mean over all rows of
+    the softmax entropy / ln V), computed from the same chunks at no extra pass.
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum' (got {reduction!r})")
     if hidden.shape[-1] != weight.shape[-1]:
         raise ValueError(f"hidden size mismatch: hidden {tuple(hidden.shape)} vs weight {tuple(weight.shape)}")
     h2 = hidden.reshape(-1, hidden.shape[-1])
@@ -116,4 +137,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
         chunk_size = default_chunk_size(h2.shape[0], weight.shape[0])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
-    return ChunkedCrossEntropyFunction.apply(h2, weight, lab, int(ignore_index), int(chunk_size))
+    entropy = torch.zeros((), dtype=torch.float32, device=hidden.device) if return_entropy else None
+    loss = ChunkedCrossEntropyFunction.apply(h2, weight, lab, int(ignore_index), int(chunk_size), reduction,
+                                             entropy)
+    return (loss, entropy) if return_entropy else loss

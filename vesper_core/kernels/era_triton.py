@@ -61,8 +61,13 @@ if triton is not None:
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         x2 = x * x
         u = 0.7978845608028654 * (x + 0.044715 * x2 * x)
-        t = _tanh_stable(u)
-        dgelu = 0.5 * (1.0 + t) + 0.5 * x * ((1.0 - t) * (1.0 + t)) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x2)
+        # tanh and sech^2 = 1 - tanh^2 from e = exp(-2|u|): sech^2 = 4e / (1 + e)^2 (no cancellation)
+        e2 = tl.exp(-2.0 * tl.abs(u))
+        inv = 1.0 / (1.0 + e2)
+        t = (1.0 - e2) * inv
+        t = tl.where(u < 0.0, -t, t)
+        sech2 = 4.0 * e2 * inv * inv
+        dgelu = 0.5 * (1.0 + t) + 0.5 * x * sech2 * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x2)
         e = tl.exp(-tl.abs(x))
         sigmoid = tl.where(x >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
         sigmoid = tl.where(x > 20.0, 1.0, sigmoid)  # softplus is the identity above the threshold
@@ -117,7 +122,7 @@ class EraFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, gamma) -> torch.Tensor:
-        g = _gamma_value(gamma)
+        g = max(_gamma_value(gamma), 0.0)  # gamma <= 0: plain GELU_tanh, as era_reference
         ctx.gamma = g
         ctx.gamma_is_tensor = isinstance(gamma, torch.Tensor)
         ctx.save_for_backward(x)
@@ -130,14 +135,15 @@ class EraFunction(torch.autograd.Function):
         dgamma = None
         if ctx.gamma_is_tensor and ctx.needs_input_grad[1]:
             dgamma = (dy.float() * torch.nn.functional.softplus(x.float())).sum()
+            if ctx.gamma == 0.0:  # the softplus term is switched off for gamma <= 0
+                dgamma = torch.zeros_like(dgamma)
         return dx, dgamma
 
 
 def era_triton(x: torch.Tensor, gamma=0.1) -> torch.Tensor:
     """``GELU_tanh(x) + gamma * softplus(x)`` with the fused Triton kernels (differentiable).
 
-    ``gamma <= 0`` still goes through the kernel (the softplus term is then scaled by gamma, which
-    matches the reference formula; the layer decides whether gamma <= 0 means "GELU only").
+    ``gamma <= 0`` gives plain GELU_tanh, like ``vesper_core.layers.era.era_reference``.
     """
     return EraFunction.apply(x, gamma)
 

@@ -160,7 +160,19 @@ def generate_tokens(model: nn.Module, input_ids: Tensor, *, max_new_tokens: int,
 
 
 def generate(model: nn.Module, input_ids: Tensor, **kwargs) -> Tensor:
-    """Prompt plus generated ids, same rank as ``input_ids``; keywords as ``generate_tokens``."""
+    """Prompt plus generated ids, same rank as ``input_ids``; keywords as ``generate_tokens``.
+
+    The one-call Python API (``max_new_tokens`` is required)::
+
+        from vesper_core.generation import generate
+        ids = torch.tensor(tokenizer.encode("Once upon a time"))        # (T,) or (B, T)
+        out = generate(model.eval(), ids, max_new_tokens=50, temperature=0.8, top_k=50, top_p=0.95,
+                       repetition_penalty=1.1, eos_token_id=tokenizer.eos_id,
+                       generator=torch.Generator().manual_seed(0))
+        text = tokenizer.decode(out.tolist())
+
+    Rows that stop early (EOS / ``stop_ids``) repeat their stop id until every row has stopped.
+    """
     prompt = _as_batch(input_ids).to(model.embeddings.weight.device)  # (B, T)
     new = [t[:, None] for t in generate_tokens(model, prompt, **kwargs)]
     out = torch.cat([prompt, *new], dim=1)  # (B, T + new)

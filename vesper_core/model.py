@@ -105,7 +105,8 @@ class VesperLM(nn.Module):
 
     # -- forward -----------------------------------------------------------------------
     def forward(self, input_ids: Tensor, *, kv_cache: "KVCache | None" = None,
-                return_hidden: bool = False) -> ModelOutput:
+                return_hidden: bool = False, compute_logits: bool = True) -> ModelOutput:
+        """``compute_logits=False`` skips the LM head (a fused linear + CE loss takes the hidden states)."""
         if input_ids.dim() != 2:
             raise ConfigError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
@@ -131,9 +132,9 @@ class VesperLM(nn.Module):
             kv_cache.advance(T)
 
         hidden = self.final_norm(x)  # (B, T, H)
-        logits = self.lm_head(hidden)  # (B, T, V)
+        logits = self.lm_head(hidden) if compute_logits else None  # (B, T, V)
         return ModelOutput(logits=logits, aux_loss=aux_total,
-                           hidden_states=hidden if return_hidden else None)
+                           hidden_states=hidden if (return_hidden or not compute_logits) else None)
 
     # -- weights on disk -----------------------------------------------------------------
     def export_state_dict(self) -> dict[str, Tensor]:

@@ -26,6 +26,7 @@ from torch import Tensor
 from vesper_core.device import has_module
 from vesper_core.errors import BackendUnavailableError, ConfigError
 from vesper_core.registry import Registry
+from vesper_optim import kernels
 
 ENV_VAR = "VESPER_OPTIM_BACKEND"
 SPARSE_THRESHOLD = 1e-9  # |p| below this is a "structural zero" in a sparse group
@@ -33,7 +34,7 @@ BETA1_RANGE = (0.5, 0.999)  # clamp of the perplexity-guided beta1
 CPU_BATCH_ELEMENTS = 1 << 18  # elements per foreach chain on CPU (see _batches)
 
 # Tried in order by backend="auto"; later backends (fused, triton, cupy) go in front of foreach.
-AUTO_ORDER: tuple[str, ...] = ("foreach",)
+AUTO_ORDER: tuple[str, ...] = ("triton", "cupy", "fused", "foreach")
 
 
 class VelvetKernel(Protocol):
@@ -207,6 +208,12 @@ def _foreach_velvet(
 
 BACKENDS.register("reference", VelvetBackend("reference", _single_tensor_velvet))
 BACKENDS.register("foreach", VelvetBackend("foreach", _foreach_velvet))
+_GPU_HINT = "pip install 'vesper[cuda]' on a machine with an NVIDIA GPU"
+BACKENDS.register("fused", VelvetBackend("fused", kernels.velvet_fused_cpu_, devices=("cpu",), supports_sparse=False))
+BACKENDS.register("triton", VelvetBackend("triton", kernels.velvet_triton_, devices=("cuda",), requires=("triton",),
+                                          install_hint=_GPU_HINT))
+BACKENDS.register("cupy", VelvetBackend("cupy", kernels.velvet_cupy_, devices=("cuda",), requires=("cupy",),
+                                        install_hint=_GPU_HINT))
 
 
 # -- backend selection ------------------------------------------------------------------
@@ -255,6 +262,8 @@ def resolve_backend(backend: str, device: torch.device) -> tuple[str, VelvetBack
         if candidate not in BACKENDS:
             continue
         impl = _describe(BACKENDS.resolve(candidate))
+        if device.type not in impl.devices:
+            continue  # a GPU kernel on a CPU tensor is not a fallback worth a warning
         reason = impl.unavailable_reason(device)
         if reason is None:
             return impl.name, impl

@@ -48,8 +48,10 @@ def test_era_gamma_zero_is_gelu_and_dtype_is_kept():
 
 def test_era_module_backend_hook():
     era = ERA(0.1)
-    assert era.backend == "reference"
+    assert era.backend == "auto"  # the Triton kernel on CUDA tensors, the reference on CPU
     x = torch.randn(8)
+    torch.testing.assert_close(era(x), era_reference(x, 0.1))
+    era.backend = "reference"
     torch.testing.assert_close(era(x), era_reference(x, 0.1))
     with pytest.raises(UnknownNameError, match="reference"):
         era.backend = "nope"

@@ -11,12 +11,14 @@ reference's semantics, selected by ``ERA.backend``.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vesper_core.device import has_module
 from vesper_core.registry import Registry
 
 EraFunction = Callable[[Tensor, float], Tensor]
@@ -31,14 +33,30 @@ def era_reference(x: Tensor, gamma: float) -> Tensor:
     return out.to(x.dtype)
 
 
+def era_triton(x: Tensor, gamma: float) -> Tensor:
+    """The fused Triton forward + backward (vesper_core.kernels.era_triton), imported on first use."""
+    from vesper_core.kernels import era_triton_apply
+
+    return era_triton_apply(x, gamma)
+
+
+def era_auto(x: Tensor, gamma: float) -> Tensor:
+    """Triton on CUDA tensors when triton is installed (unless VESPER_KERNELS=reference), else the reference."""
+    if x.is_cuda and os.environ.get("VESPER_KERNELS", "auto") != "reference" and has_module("triton"):
+        return era_triton(x, gamma)
+    return era_reference(x, gamma)
+
+
 ERA_BACKENDS: Registry[EraFunction] = Registry("ERA backend")
 ERA_BACKENDS.register("reference", era_reference)
+ERA_BACKENDS.register("triton", era_triton)
+ERA_BACKENDS.register("auto", era_auto)
 
 
 class ERA(nn.Module):
-    """ERA as a module; ``backend`` names an entry of ``ERA_BACKENDS`` (default "reference")."""
+    """ERA as a module; ``backend`` names an entry of ``ERA_BACKENDS`` (default "auto")."""
 
-    def __init__(self, gamma: float = 0.1, backend: str = "reference"):
+    def __init__(self, gamma: float = 0.1, backend: str = "auto"):
         super().__init__()
         self.gamma = float(gamma)
         self.backend = backend

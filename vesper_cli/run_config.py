@@ -71,6 +71,7 @@ class TrainConfig:
     dtype: str = "bf16"
     resume: str | None = None
     entropy_signal: str = "loss"  # Velvet's entropy signal: the loss, or the logits' mean entropy
+    loss: str = "auto"  # auto | standard | chunked (fused linear + CE; auto = chunked from a 32k vocab)
     grad_accum: int = 1
     keep_last: int = 0  # 0 keeps every periodic checkpoint (the Rust behaviour)
     max_bad_steps: int = 10
@@ -100,6 +101,8 @@ class TrainConfig:
         if self.device not in DEVICE_CHOICES and not self.device.startswith(("cuda:", "cpu:")):
             raise ConfigError(f"unknown --device {self.device!r}; choices: {', '.join(DEVICE_CHOICES)}")
         parse_dtype(self.dtype)
+        if self.loss not in ("auto", "standard", "chunked"):
+            raise ConfigError(f"loss must be auto, standard or chunked, got {self.loss!r}")
         if self.entropy_signal not in ("loss", "logits"):
             raise ConfigError(f"entropy_signal must be 'loss' or 'logits', got {self.entropy_signal!r}")
 

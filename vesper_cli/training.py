@@ -36,6 +36,7 @@ from vesper_cli.training_log import TrainingLog
 from vesper_core.config import ModelConfig
 from vesper_core.device import dtype_name, parse_dtype
 from vesper_core.errors import CheckpointError, ConfigError, VesperError
+from vesper_core.kernels.cross_entropy import chunked_cross_entropy
 from vesper_core.model import VesperLM
 from vesper_data.loader import BatchLoader, TokenWindows
 from vesper_data.streaming import StreamingLoader
@@ -293,6 +294,14 @@ class _StepOutcome:
     skipped: str | None = None  # why the update was skipped
 
 
+CHUNKED_LOSS_MIN_VOCAB = 32768
+
+
+def uses_chunked_loss(loss: str, vocab_size: int) -> bool:
+    """``auto``: the fused linear + CE from a 32k vocabulary up, where the logits dominate memory."""
+    return loss == "chunked" or (loss == "auto" and vocab_size >= CHUNKED_LOSS_MIN_VOCAB)
+
+
 def _micro_batches(run: _Run, batches):
     for _ in range(run.cfg.train.grad_accum):
         yield next(batches)
@@ -302,6 +311,7 @@ def _optimizer_step(run: _Run, micro_batches: list) -> _StepOutcome:
     model, optimizer, cfg = run.forward_model, run.optimizer, run.cfg
     device = run.dist.device
     autocast = autocast_factory(device, run.dtype)
+    chunked = uses_chunked_loss(cfg.train.loss, run.model_config.vocab_size)
     num_tokens = sum(labels.numel() for _, labels in micro_batches)
     total_tokens = all_reduce_sum(torch.tensor(float(num_tokens), device=device), run.dist)
     ce_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -312,8 +322,12 @@ def _optimizer_step(run: _Run, micro_batches: list) -> _StepOutcome:
         is_last = i == len(micro_batches) - 1
         with gradient_sync(model, enabled=is_last or not run.dist.enabled):
             with autocast():
-                out = model(input_ids)
-            ce = F.cross_entropy(out.logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
+                out = model(input_ids, compute_logits=not chunked)
+                if chunked:  # fused linear + CE: the (tokens, vocab) f32 logits never exist at once
+                    ce, entropy = chunked_cross_entropy(out.hidden_states, run.model.lm_head.weight, labels,
+                                                        reduction="sum", return_entropy=True)
+            if not chunked:
+                ce = F.cross_entropy(out.logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
             # normalised by the tokens of the whole accumulated (global) batch: not a mean of means;
             # DDP averages gradients over ranks, so scale by the world size to undo that average
             loss = ce * (run.dist.world_size / total_tokens)
@@ -324,7 +338,7 @@ def _optimizer_step(run: _Run, micro_batches: list) -> _StepOutcome:
             run.scaler.scale(loss).backward()
         ce_sum += ce.detach().double()
         if cfg.train.entropy_signal == "logits" and isinstance(optimizer, Velvet):
-            entropies.append(normalized_entropy(out.logits.detach()))
+            entropies.append(entropy if chunked else normalized_entropy(out.logits.detach()))
     mean_loss = float(all_reduce_sum(ce_sum, run.dist) / total_tokens)
     aux_value = None if aux_total is None else float(aux_total)
     if not math.isfinite(mean_loss):

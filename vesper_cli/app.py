@@ -56,6 +56,12 @@ def _register_commands() -> None:
 _register_commands()
 
 
+# recent typer vendors click: accept both its classes and plain click's
+_ABORT = (typer.Abort, click.exceptions.Abort)
+_EXIT = (typer.Exit, click.exceptions.Exit)
+_USAGE = (typer.TyperException, click.exceptions.ClickException)
+
+
 def _fail(message: str, code: int = 1) -> int:
     err_console.print(f"Error: {message}", style="red", markup=False)
     if not os.environ.get("VESPER_DEBUG"):
@@ -71,13 +77,13 @@ def run(argv: list[str] | None = None) -> int:
         if os.environ.get("VESPER_DEBUG"):
             traceback.print_exc()
         return _fail(str(exc), exc.exit_code)
-    except click.exceptions.Abort:
+    except _ABORT:
         err_console.print("Aborted.", markup=False)
         return 130
-    except click.exceptions.ClickException as exc:
-        exc.show()
+    except _EXIT as exc:
         return exc.exit_code
-    except click.exceptions.Exit as exc:
+    except _USAGE as exc:  # bad flags: click's own message, exit 2
+        exc.show()
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("Interrupted.", markup=False)

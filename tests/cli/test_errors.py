@@ -96,3 +96,10 @@ def test_debug_env_shows_traceback(tmp_path):
 
     proc = run_subprocess("train", "--dataset", tmp_path / "nope.txt", env={"VESPER_DEBUG": "1"})
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_usage_errors_exit_2_with_clicks_message(cli):
+    code, _, err = cli("train", "stray-argument")
+    assert code == 2 and "unexpected extra argument" in err and "please report" not in err
+    code, _, err = cli("train", "--no-such-flag")
+    assert code == 2 and "No such option" in err

@@ -127,3 +127,13 @@ def test_non_tty_progress_prints_plain_lines(tmp_path, english_text):
     assert proc.returncode == 0, proc.stderr
     assert "step      2" in proc.stderr and "tok/s" in proc.stderr
     assert "\x1b[" not in proc.stderr  # no terminal control codes in a pipe
+
+
+def test_written_files_get_normal_permissions(trained_run):
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = stat.S_IMODE((trained_run / "checkpoint-final.safetensors").stat().st_mode)
+    assert mode == 0o666 & ~mask

@@ -47,10 +47,11 @@ def _register_commands() -> None:
     app.command("plot", help=plot.__doc__)(plot.plot_command)
     app.command("plugins", help=plugins.__doc__)(plugins.plugins_command)
 
-    from vesper_cli.commands import cache, tokenizer
+    from vesper_cli.commands import cache, metacog, tokenizer
 
     app.add_typer(cache.cache_app, name="cache", help=cache.__doc__)
     app.add_typer(tokenizer.tokenizer_app, name="tokenizer", help=tokenizer.__doc__)
+    app.add_typer(metacog.metacog_app, name="metacog", help=metacog.__doc__)
 
 
 _register_commands()

@@ -2,14 +2,16 @@
 
 File names follow the Rust CLI (``checkpoint-{step}``, ``checkpoint-epoch{e}``, ``checkpoint-final``,
 ``checkpoint-emergency-step{N}`` + ``.safetensors``). Tensors are the f32 master weights; the tied
-LM head is stored once (as ``embeddings.weight``).
+LM head is stored once (as ``embeddings.weight``). A meta head trained with ``--metacog`` is stored in
+the same file under ``metacog.*`` with its MetacogConfig in the metadata (``metacog_config``);
+``read_checkpoint`` splits it out into ``LoadedCheckpoint.metacog_state``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from vesper_cli.atomic import write_with_atomic
 from vesper_core import __version__
 from vesper_core.config import ModelConfig
 from vesper_core.errors import CheckpointError, ConfigError
-from vesper_core.model import VesperLM
+from vesper_core.model import METACOG_PREFIX, VesperLM
 
 FORMAT_VERSION = "1"
 TOKENIZER_FILE = "tokenizer.json"
@@ -51,6 +53,27 @@ class LoadedCheckpoint:
     config: ModelConfig
     state_dict: dict[str, torch.Tensor]
     metadata: dict[str, str]
+    metacog_state: dict[str, torch.Tensor] = field(default_factory=dict)  # meta head, prefix stripped
+
+    @property
+    def has_metacog(self) -> bool:
+        return bool(self.metacog_state)
+
+    def build_metacog_head(self, device: torch.device | str = "cpu"):
+        """The MetaHead saved with this checkpoint; CheckpointError when it has none."""
+        from vesper_metacog import MetaHead, MetacogConfig
+
+        if not self.metacog_state:
+            raise CheckpointError(f"{self.path} has no metacog head; train one with `vesper train --metacog` "
+                                  f"or `vesper train --metacog-only --resume {self.path}`")
+        raw = self.meta("metacog_config")
+        try:
+            config = MetacogConfig.from_dict(raw) if isinstance(raw, dict) else MetacogConfig.for_model(self.config)
+            head = MetaHead(config)
+            head.load_state_dict(self.metacog_state)
+        except (ConfigError, RuntimeError) as exc:
+            raise CheckpointError(f"{self.path}: the saved metacog head does not load: {' '.join(str(exc).split())}") from exc
+        return head.to(device)
 
     def build_model(self, device: torch.device | str = "cpu") -> VesperLM:
         model = VesperLM(self.config)
@@ -96,7 +119,8 @@ def read_checkpoint(path: str | Path, *, config_override: ModelConfig | None = N
             config = ModelConfig.from_dict(json.loads(raw))
         except (json.JSONDecodeError, ConfigError) as exc:
             raise CheckpointError(f"{path}: model config in the metadata is invalid: {exc}") from exc
-    return LoadedCheckpoint(path=path, config=config, state_dict=state, metadata=metadata)
+    metacog = {k[len(METACOG_PREFIX):]: state.pop(k) for k in [k for k in state if k.startswith(METACOG_PREFIX)]}
+    return LoadedCheckpoint(path=path, config=config, state_dict=state, metadata=metadata, metacog_state=metacog)
 
 
 _STEP_PATTERNS = (re.compile(r"^checkpoint-(\d+)$"), re.compile(r"^checkpoint-emergency-step(\d+)$"))

@@ -20,6 +20,7 @@ class StepMetrics:
     ppl_scale: float
     tokens_per_sec: float
     aux_loss: float | None = None
+    metacog: dict[str, float] | None = None  # with --metacog: loss, confidence (mean), accuracy (top-1)
 
     def log_entry(self) -> dict[str, Any]:
         """One ``training_log.json`` step entry (Rust keys first); non-finite numbers become null."""
@@ -30,6 +31,8 @@ class StepMetrics:
         }
         if self.aux_loss is not None:
             entry["aux_loss"] = self.aux_loss
+        for key, value in (self.metacog or {}).items():
+            entry[f"metacog_{key}"] = value
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in entry.items()}
 
 

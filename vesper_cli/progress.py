@@ -25,8 +25,9 @@ def describe_run(run: RunInfo) -> list[str]:
 
 
 def _metrics_text(m: StepMetrics) -> str:
+    meta = f"| conf {m.metacog['confidence']:.3f} (acc {m.metacog['accuracy']:.3f}) " if m.metacog else ""
     return (f"loss {m.loss:.4f} | ppl {m.ppl:.1f} | lr {m.lr:.2e} | gnorm {m.grad_norm:.2f} "
-            f"| {m.tokens_per_sec:,.0f} tok/s")
+            f"{meta}| {m.tokens_per_sec:,.0f} tok/s")
 
 
 class ConsoleTrainObserver(TrainObserver):

@@ -82,6 +82,9 @@ class TrainConfig:
     wandb: bool = False
     wandb_project: str = "vesper-training"
     wandb_run: str | None = None
+    metacog: bool = False  # train a meta head jointly (loss = LM loss + metacog_weight x metacog loss)
+    metacog_only: bool = False  # train only the meta head on the frozen --resume model
+    metacog_weight: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("epochs", "max_steps", "save_every"):
@@ -105,6 +108,12 @@ class TrainConfig:
             raise ConfigError(f"loss must be auto, standard or chunked, got {self.loss!r}")
         if self.entropy_signal not in ("loss", "logits"):
             raise ConfigError(f"entropy_signal must be 'loss' or 'logits', got {self.entropy_signal!r}")
+        if not (isinstance(self.metacog_weight, (int, float)) and self.metacog_weight >= 0):
+            raise ConfigError(f"--metacog-weight must be a number >= 0, got {self.metacog_weight!r}")
+        if self.metacog_only and not self.resume:
+            raise ConfigError("--metacog-only trains a meta head on a trained model: pass --resume CKPT (the model)")
+        if self.metacog and self.metacog_only:
+            raise ConfigError("give one of --metacog (joint training) or --metacog-only (frozen model), not both")
 
 
 @dataclass(kw_only=True)

@@ -29,6 +29,9 @@ from vesper_cli.distributed import (DistInfo, all_reduce_sum, full_model_state, 
                                    init_distributed, shard_model, shard_optimizer_state, shutdown)
 from vesper_cli.evaluation import evaluate
 from vesper_cli.experiment_log import ExperimentLogger
+from vesper_cli.metacog_training import (METACOG_CONFIG_KEY, StepStats, adapt_optimizer_state, build_head,
+                                         evaluate_calibration, head_param_groups, head_state, metacog_step_loss,
+                                         sync_head_grads)
 from vesper_cli.observer import RunInfo, StepMetrics, TrainObserver, TrainResult
 from vesper_cli.resume_state import LoadedResumeState, ResumeState, load_resume_state, save_resume_state, state_paths
 from vesper_cli.run_config import RunConfig
@@ -88,6 +91,7 @@ class _Run:
     step: int = 0
     counters: dict[str, Any] = field(default_factory=lambda: {
         "best_loss": None, "bad_steps": 0, "consecutive_bad_steps": 0, "tokens_seen": 0})
+    head: Any = None  # the MetaHead with --metacog / --metacog-only
 
 
 # -- setup -----------------------------------------------------------------------------------
@@ -152,6 +156,8 @@ def _build(cfg: RunConfig, observer: TrainObserver) -> tuple[_Run, LoadedResumeS
             f"--vocab-size {vocab_size} is smaller than the tokenizer's vocabulary ({tokenizer.vocab_size}); "
             f"token ids would not fit the embedding. Use 0 (the tokenizer's size) or a larger value")
     model_config = cfg.model.build(vocab_size)
+    if tcfg.metacog_only and resume_ckpt is not None:  # the frozen model is the checkpoint's, whatever the flags
+        model_config, vocab_size = resume_ckpt.config, resume_ckpt.config.vocab_size
     if resume_ckpt is not None and resume_ckpt.config.to_dict() != model_config.to_dict():
         raise CheckpointError(
             f"--resume {resume_ckpt.path}: checkpoint was trained with a different model "
@@ -161,6 +167,13 @@ def _build(cfg: RunConfig, observer: TrainObserver) -> tuple[_Run, LoadedResumeS
     if resume_ckpt is not None:
         model.load_exported_state_dict(resume_ckpt.state_dict)
     model.to(dist_info.device)
+    head = None
+    if tcfg.metacog or tcfg.metacog_only:
+        head, note = build_head(model_config, resume_ckpt, dist_info.device, tcfg.metacog_weight)
+        notes.append(note)
+        if tcfg.metacog_only:
+            model.requires_grad_(False)
+            notes.append("metacog-only: the model is frozen, only the meta head trains")
 
     scaler = torch.amp.GradScaler(dist_info.device.type, enabled=dtype == torch.float16)
 
@@ -176,7 +189,7 @@ def _build(cfg: RunConfig, observer: TrainObserver) -> tuple[_Run, LoadedResumeS
     if tcfg.compile:
         forward_model = torch.compile(model)
         notes.append("torch.compile on: the first steps compile (slow), checkpoints stay uncompiled")
-    if dist_info.enabled and not tcfg.fsdp:
+    if dist_info.enabled and not tcfg.fsdp and not tcfg.metacog_only:
         from torch.nn.parallel import DistributedDataParallel
 
         forward_model = DistributedDataParallel(
@@ -184,10 +197,14 @@ def _build(cfg: RunConfig, observer: TrainObserver) -> tuple[_Run, LoadedResumeS
         notes.append(f"DDP on {dist_info.world_size} ranks ({'nccl' if dist_info.device.type == 'cuda' else 'gloo'}), "
                      f"global batch {cfg.data.batch_size * dist_info.world_size * tcfg.grad_accum}")
 
-    optimizer = build_optimizer(build_param_groups(model, cfg.optim.weight_decay), cfg.optim,
-                                vocab_size=vocab_size)
+    groups = [] if tcfg.metacog_only else build_param_groups(model, cfg.optim.weight_decay)
+    if head is not None:
+        groups += head_param_groups(head, cfg.optim.weight_decay)
+    optimizer = build_optimizer(groups, cfg.optim, vocab_size=vocab_size)
     start_step = 0
-    if resume_ckpt is not None:
+    if tcfg.metacog_only and not _metacog_only_state(resume_state):
+        resume_state = None  # a new run on the frozen weights: fresh head optimizer, data order and step count
+    elif resume_ckpt is not None:
         start_step = int(resume_ckpt.meta("step", step_from_name(resume_ckpt.path)))
         if resume_state is None:
             notes.append(f"warning: {resume_ckpt.path.name} has no resume state beside it (a weights-only or "
@@ -197,8 +214,14 @@ def _build(cfg: RunConfig, observer: TrainObserver) -> tuple[_Run, LoadedResumeS
     run = _Run(cfg=cfg, dist=dist_info, dtype=dtype, tokenizer=tokenizer, model_config=model_config, model=model,
                forward_model=forward_model, optimizer=optimizer, scaler=scaler, loader=loader,
                val_windows=val_windows, output_dir=output_dir, log=log, num_train_tokens=data.num_tokens, notes=notes,
-               step=start_step)
+               step=start_step, head=head)
     return run, resume_state
+
+
+def _metacog_only_state(state: LoadedResumeState | None) -> bool:
+    """Whether a resume state was written by a --metacog-only run (then it resumes exactly)."""
+    train_cfg = ((state.meta.get("run_config") or {}).get("train") or {}) if state is not None else {}
+    return bool(train_cfg.get("metacog_only"))
 
 
 def _restore(run: _Run, state: LoadedResumeState) -> None:
@@ -209,7 +232,10 @@ def _restore(run: _Run, state: LoadedResumeState) -> None:
             f"resume state was written by optimizer {meta.get('optimizer_class')}, this run uses "
             f"{type(run.optimizer).__name__}; pass the same --optimizer")
     try:
-        run.optimizer.load_state_dict(state.optimizer_state_dict())
+        saved, note = adapt_optimizer_state(state.optimizer_state_dict(), run.optimizer)
+        if note:
+            run.notes.append(note)
+        run.optimizer.load_state_dict(saved)
     except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"optimizer state in the checkpoint does not fit this model: {exc}") from exc
     if run.cfg.train.fsdp:
@@ -258,6 +284,10 @@ def _save(run: _Run, name: str, *, full_state: bool = True, observer: TrainObser
     path = run.output_dir / name
     # with FSDP every rank takes part in gathering the full tensors; rank 0 writes them
     weights = full_model_state(run.model)
+    extra = {}
+    if run.head is not None:
+        weights.update(head_state(run.head))
+        extra[METACOG_CONFIG_KEY] = run.head.config.to_dict()
     optimizer_state = full_optimizer_state(run.optimizer) if full_state else None
     if not run.dist.is_main:
         return path
@@ -267,7 +297,7 @@ def _save(run: _Run, name: str, *, full_state: bool = True, observer: TrainObser
                           type(run.optimizer).__name__, run.scaler)
     save_weights(path, run.model, state_dict=weights, extra={
         "step": str(run.step), "model_size": run.cfg.model.model_size, "optimizer": run.cfg.optim.name,
-        "tokenizer_sha256": run.tokenizer.sha256(), "dtype": dtype_name(run.dtype),
+        "tokenizer_sha256": run.tokenizer.sha256(), "dtype": dtype_name(run.dtype), **extra,
     })
     run.log.write()
     if observer is not None:
@@ -292,6 +322,7 @@ class _StepOutcome:
     grad_norm: float
     aux_loss: float | None
     skipped: str | None = None  # why the update was skipped
+    metacog: dict[str, float] | None = None  # loss, mean confidence, top-1 accuracy of this step
 
 
 CHUNKED_LOSS_MIN_VOCAB = 32768
@@ -317,16 +348,17 @@ def _optimizer_step(run: _Run, micro_batches: list) -> _StepOutcome:
     ce_sum = torch.zeros((), dtype=torch.float64, device=device)
     aux_total = None
     entropies = []
+    head, meta_only, meta_stats = run.head, cfg.train.metacog_only, StepStats()
     for i, (input_ids, labels) in enumerate(micro_batches):
         input_ids, labels = input_ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         is_last = i == len(micro_batches) - 1
         with gradient_sync(model, enabled=is_last or not run.dist.enabled):
-            with autocast():
-                out = model(input_ids, compute_logits=not chunked)
-                if chunked:  # fused linear + CE: the (tokens, vocab) f32 logits never exist at once
+            with autocast(), (torch.no_grad() if meta_only else contextlib.nullcontext()):
+                out = model(input_ids, compute_logits=not chunked or meta_only, return_hidden=head is not None)
+                if chunked and not meta_only:  # fused linear + CE: the (tokens, vocab) f32 logits never exist at once
                     ce, entropy = chunked_cross_entropy(out.hidden_states, run.model.lm_head.weight, labels,
                                                         reduction="sum", return_entropy=True)
-            if not chunked:
+            if not chunked or meta_only:
                 ce = F.cross_entropy(out.logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
             # normalised by the tokens of the whole accumulated (global) batch: not a mean of means;
             # DDP averages gradients over ranks, so scale by the world size to undo that average
@@ -335,10 +367,18 @@ def _optimizer_step(run: _Run, micro_batches: list) -> _StepOutcome:
                 aux = out.aux_loss.float() / len(micro_batches)
                 loss = loss + run.model_config.moe_aux_loss_weight * aux
                 aux_total = aux.detach() if aux_total is None else aux_total + aux.detach()
+            if head is not None:
+                with autocast():
+                    meta = metacog_step_loss(head, out.hidden_states, out.logits, labels, run.tokenizer.eos_id,
+                                             meta_stats, lm_head=run.model.lm_head) / len(micro_batches)
+                # --metacog-only: the head's loss alone (the frozen model has no gradient to give)
+                loss = meta if meta_only else loss + head.config.loss_weight * meta
             run.scaler.scale(loss).backward()
         ce_sum += ce.detach().double()
         if cfg.train.entropy_signal == "logits" and isinstance(optimizer, Velvet):
-            entropies.append(entropy if chunked else normalized_entropy(out.logits.detach()))
+            entropies.append(entropy if chunked and not meta_only else normalized_entropy(out.logits.detach()))
+    if head is not None:
+        sync_head_grads(head, run.dist)
     mean_loss = float(all_reduce_sum(ce_sum, run.dist) / total_tokens)
     aux_value = None if aux_total is None else float(aux_total)
     if not math.isfinite(mean_loss):
@@ -353,8 +393,8 @@ def _optimizer_step(run: _Run, micro_batches: list) -> _StepOutcome:
         optimizer.set_signals(mean_loss, normalized_entropy=entropy, vocab_size=run.model_config.vocab_size)
         grad_norm = float(optimizer.clip_grad_norm_())
     else:
-        grad_norm = float(clip_grad_norm_([p for p in run.model.parameters() if p.grad is not None],
-                                          cfg.optim.max_grad_norm))
+        params = list(run.model.parameters()) + (list(head.parameters()) if head is not None else [])
+        grad_norm = float(clip_grad_norm_([p for p in params if p.grad is not None], cfg.optim.max_grad_norm))
     if not math.isfinite(grad_norm):
         if run.scaler.is_enabled():  # an f16 overflow: the scaler skips the step and lowers its scale
             run.scaler.step(optimizer)
@@ -366,7 +406,7 @@ def _optimizer_step(run: _Run, micro_batches: list) -> _StepOutcome:
     run.scaler.step(optimizer)
     run.scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return _StepOutcome(mean_loss, grad_norm, aux_value)
+    return _StepOutcome(mean_loss, grad_norm, aux_value, metacog=meta_stats.result())
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -422,6 +462,8 @@ def _train(run: _Run, resume_state: LoadedResumeState | None, observer: TrainObs
     session_tokens = 0
     stop_reason = None
     run.model.train()
+    if run.head is not None:
+        run.head.train()
 
     def save(name: str, **kw) -> Path:
         path = _save(run, name, observer=observer, **kw)
@@ -474,7 +516,8 @@ def _train(run: _Run, resume_state: LoadedResumeState | None, observer: TrainObs
                 step=run.step, epoch=epoch + 1, loss=outcome.loss, ppl=math.exp(min(outcome.loss, 20.0)),
                 lr=run.optimizer.effective_lr() if is_velvet else group["lr"], grad_norm=outcome.grad_norm,
                 entropy_scale=float(group.get("entropy_scale", 1.0)), ppl_scale=float(group.get("ppl_scale", 1.0)),
-                tokens_per_sec=session_tokens / max(time.perf_counter() - start, 1e-9), aux_loss=outcome.aux_loss)
+                tokens_per_sec=session_tokens / max(time.perf_counter() - start, 1e-9), aux_loss=outcome.aux_loss,
+                metacog=outcome.metacog)
             run.log.append(metrics)
             observer.on_step(metrics)
             if run.step % tcfg.log_every == 0:
@@ -525,7 +568,17 @@ def _run_eval(run: _Run, observer: TrainObserver, tracker: "ExperimentLogger") -
     metrics = evaluate(run.forward_model, run.val_windows, batch_size=run.cfg.data.batch_size,
                        device=run.dist.device, autocast=autocast_factory(run.dist.device, run.dtype),
                        max_batches=run.cfg.train.eval_batches, dist_info=run.dist)
+    calibration = ""
+    if run.head is not None:
+        cal = evaluate_calibration(run.forward_model, run.head, run.val_windows, batch_size=run.cfg.data.batch_size,
+                                   device=run.dist.device, autocast=autocast_factory(run.dist.device, run.dtype),
+                                   max_batches=run.cfg.train.eval_batches, eos_id=run.tokenizer.eos_id,
+                                   dist_info=run.dist)
+        metrics.update({f"metacog_{k}": cal[k] if math.isfinite(cal[k]) else None  # nan: one class missing
+                        for k in ("ece", "auroc", "accuracy", "mean_confidence")})
+        calibration = (f"; confidence ECE {cal['ece']:.4f}, AUROC {cal['auroc']:.3f}, "
+                       f"accuracy {cal['accuracy']:.3f}, mean confidence {cal['mean_confidence']:.3f}")
     run.log.evaluation(run.step, metrics)
     tracker.log_eval(run.step, metrics)
     observer.on_message(f"eval at step {run.step}: val loss {metrics['val_loss']:.4f}, "
-                        f"val ppl {metrics['val_ppl']:.1f} ({metrics['val_batches']} batches)")
+                        f"val ppl {metrics['val_ppl']:.1f} ({metrics['val_batches']} batches){calibration}")

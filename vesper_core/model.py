@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 TIED_KEY = "lm_head.weight"
 _WRAPPER_PREFIX = "_orig_mod."  # added by torch.compile (upstream bug 24)
+METACOG_PREFIX = "metacog."  # meta head tensors saved in the same file (vesper_metacog)
 
 
 @dataclass
@@ -145,10 +146,11 @@ class VesperLM(nn.Module):
         """Load weights from ``export_state_dict`` (or a full state dict) with one-line errors.
 
         ``lm_head.weight`` may be present only as a copy of ``embeddings.weight``. A
-        ``_orig_mod.`` prefix left by torch.compile is removed. Shape mismatches always raise;
-        missing and unexpected keys raise when ``strict``.
+        ``_orig_mod.`` prefix left by torch.compile is removed, and ``metacog.*`` tensors (a meta
+        head saved in the same file) are ignored. Shape mismatches always raise; missing and
+        unexpected keys raise when ``strict``.
         """
-        given = {_strip_prefix(k): v for k, v in state_dict.items()}
+        given = {_strip_prefix(k): v for k, v in state_dict.items() if not k.startswith(METACOG_PREFIX)}
         head = given.pop(TIED_KEY, None)
         if head is not None and "embeddings.weight" in given:
             if not torch.equal(head, given["embeddings.weight"]):

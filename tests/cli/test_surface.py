@@ -14,11 +14,12 @@ TRAIN_FLAGS = {
     "--num-experts", "--top-k", "--dtype", "--gradient-checkpointing", "--seed", "--device", "--log-every",
     "--config", "--grad-accum", "--warmup-steps", "--lr-schedule", "--weight-decay", "--max-grad-norm",
     "--val-dataset", "--eval-every", "--keep-last", "--max-bad-steps", "--compile", "--fsdp", "--num-workers", "--cache", "--streaming", "--chunk-mb", "--wandb",
-    "--wandb-project", "--wandb-run",
+    "--wandb-project", "--wandb-run", "--metacog", "--metacog-only", "--metacog-weight",
 }
 GENERATE_FLAGS = {
     "--model", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",
     "--seed", "--tokenizer", "--model-size", "--device", "--stop", "--num-samples", "--prompts-file", "--interactive",
+    "--metacog",
 }
 BENCHMARK_FLAGS = {
     "--dataset", "--format", "--tokenizer", "--model-size", "--epochs", "--max-steps", "--batch-size", "--lr",

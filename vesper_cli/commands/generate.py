@@ -102,6 +102,8 @@ def generate_command(
     tokenizer: Optional[str] = Opt(None, help="Override the tokenizer saved with the checkpoint."),
     model_size: Optional[str] = Opt(None, help="Override the config recorded in the checkpoint."),
     device: str = Opt("auto", help="auto | cpu | cuda"),
+    metacog: bool = Opt(False, "--metacog", help="Regulate with the checkpoint's meta head: per-token confidence, "
+                        "re-sample low-confidence spans, stop when satisficed (with --prompt)."),
 ) -> None:
     from vesper_cli.generation import SamplingConfig, load_generator
     from vesper_core.device import resolve_device
@@ -114,12 +116,18 @@ def generate_command(
                           + (f" (got {' and '.join(modes)})" if modes else ""))
     if num_samples <= 0:
         raise ConfigError(f"--num-samples must be positive, got {num_samples}")
+    if metacog and prompt is None:
+        raise ConfigError("--metacog works with --prompt TEXT (not --prompts-file or --interactive)")
     sampling = SamplingConfig(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()))
     prompts = _read_prompts(prompts_file) if prompts_file is not None else None
     gen = load_generator(model, tokenizer=tokenizer, model_size=model_size, device=resolve_device(device))
 
-    if interactive:
+    if metacog:
+        from vesper_cli.metacog_generation import print_metacog_samples
+
+        print_metacog_samples(gen, prompt, sampling, num_samples)
+    elif interactive:
         _repl(gen, sampling, num_samples)
     elif prompts is not None:
         completions = gen.generate_batch(prompts, sampling, num_samples)

@@ -55,6 +55,9 @@ def train_command(
     wandb: Optional[bool] = Opt(None, "--wandb", help="Log to Weights & Biases (needs the wandb extra)."),
     wandb_project: Optional[str] = Opt(None, help="W&B project  [default: vesper-training]"),
     wandb_run: Optional[str] = Opt(None, help="W&B run name  [default: vesper-SIZE-DTYPE]"),
+    metacog: Optional[bool] = Opt(None, "--metacog", help="Also train a meta head (confidence, errors, termination) on the final hidden states."),
+    metacog_only: Optional[bool] = Opt(None, "--metacog-only", help="Train only the meta head on the frozen --resume model."),
+    metacog_weight: Optional[float] = Opt(None, help="Weight of the metacog loss with --metacog  [default: 0.1]"),
     config: Optional[Path] = Opt(None, "--config", help="YAML run file; flags given here override it."),
 ) -> None:
     from vesper_cli.control import StopControl
@@ -69,6 +72,7 @@ def train_command(
         lr_schedule=lr_schedule, weight_decay=weight_decay, max_grad_norm=max_grad_norm, val_dataset=val_dataset,
         eval_every=eval_every, keep_last=keep_last, max_bad_steps=max_bad_steps, compile=compile, fsdp=fsdp,
         num_workers=num_workers, cache=cache, streaming=streaming, chunk_mb=chunk_mb, wandb=wandb, wandb_project=wandb_project, wandb_run=wandb_run,
+        metacog=metacog, metacog_only=metacog_only, metacog_weight=metacog_weight,
     )
     run = build_run_config(flags, config)
     with StopControl() as control:

@@ -1,0 +1,131 @@
+"""`vesper generate --metacog`: regulated generation with the checkpoint's meta head, shown with its confidence.
+
+``metacog_generate`` (vesper_metacog) produces tokens span by span; the regulator re-samples a span from
+its first low-confidence (or erroneous) position, at most ``max_iterations`` times, and stops at
+satisficing termination (mean span confidence above ``confidence_threshold`` with no error, or the
+head's termination probability above 0.5). Here the events become text: pieces decoded without
+splitting UTF-8 characters, each carrying the confidence of its last token, and a summary.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from vesper_cli.generation import Generator, SamplingConfig, stop_index
+from vesper_metacog import MetacognitiveRegulator, metacog_generate
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    confidence: float  # the head's confidence at the piece's last token
+    resampled: bool  # some token of the piece came from a re-drawn span
+
+
+@dataclass
+class MetacogSummary:
+    tokens: int = 0
+    resampled: int = 0  # tokens that came from a re-drawn span
+    stop_reason: str = "max_tokens"  # eos | stop | satisficed | termination | max_tokens
+    seconds: float = 0.0
+    confidences: list[float] = field(default_factory=list)
+
+    @property
+    def mean_confidence(self) -> float:
+        return sum(self.confidences) / len(self.confidences) if self.confidences else float("nan")
+
+    def line(self) -> str:
+        return (f"metacog: {self.tokens} tokens, mean confidence {self.mean_confidence:.3f}, "
+                f"{self.resampled} resampled, stopped: {self.stop_reason} ({self.seconds:.2f} s)")
+
+
+_REASONS = {"max_new_tokens": "max_tokens"}
+
+
+def metacog_stream(gen: Generator, prompt: str, sampling: SamplingConfig, summary: MetacogSummary,
+                   generator: torch.Generator | None = None) -> Iterator[Piece]:
+    """Yield decoded pieces of one regulated completion of ``prompt``; fills ``summary`` as it goes."""
+    head = gen.checkpoint.build_metacog_head(gen.device).eval()
+    ids = torch.tensor([gen._ids(prompt)], dtype=torch.long, device=gen.device)
+    if generator is None and sampling.seed is not None:
+        generator = torch.Generator(device=gen.device).manual_seed(sampling.seed)
+    eos_id = gen.tokenizer.eos_id if sampling.stop_at_eos else None
+    tokens: list[int] = []
+    emitted = ""
+    pending_resampled = False
+    start = time.perf_counter()
+    events = metacog_generate(gen.model, head, ids, max_new_tokens=sampling.max_tokens,
+                              temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                              repetition_penalty=sampling.repetition_penalty,
+                              regulator=MetacognitiveRegulator(head.config), eos_id=eos_id, generator=generator)
+    try:
+        for event in events:
+            summary.tokens += 1
+            summary.confidences.append(event.confidence)
+            summary.resampled += int(event.resampled)
+            if event.stop_reason is not None:
+                summary.stop_reason = _REASONS.get(event.stop_reason, event.stop_reason)
+            if eos_id is not None and event.token_id == eos_id:
+                break
+            tokens.append(event.token_id)
+            pending_resampled |= event.resampled
+            text = gen.tokenizer.decode(tokens)
+            cut = stop_index(text, sampling.stop) if sampling.stop else None
+            if cut is not None:
+                text = text[:cut]
+                summary.stop_reason = "stop"
+            elif text.endswith("\ufffd"):
+                continue  # an incomplete UTF-8 sequence: wait for the next token
+            if len(text) > len(emitted):
+                yield Piece(text[len(emitted):], event.confidence, pending_resampled)
+                emitted, pending_resampled = text, False
+            if cut is not None:
+                break
+    finally:
+        events.close()
+        summary.seconds = time.perf_counter() - start
+
+
+def confidence_style(confidence: float, resampled: bool, threshold: float = 0.85, low: float = 0.3) -> str:
+    """A rich style: green at or above the satisficing threshold, red under the regulation one."""
+    colour = "green" if confidence >= threshold else "red" if confidence < low else "yellow"
+    return f"{colour} underline" if resampled else colour
+
+
+def print_metacog_samples(gen: Generator, prompt: str, sampling: SamplingConfig, num_samples: int) -> None:
+    """``generate --metacog --prompt``: stream each sample to stdout (coloured by confidence on a TTY), then a
+    summary line on stderr."""
+    import sys
+
+    from rich.text import Text
+
+    from vesper_cli.output import console, info
+
+    colour = sys.stdout.isatty() and console.is_terminal
+    shared = None
+    if sampling.seed is not None:
+        shared = torch.Generator(device=gen.device).manual_seed(sampling.seed)
+    config = gen.checkpoint.build_metacog_head().config  # fails early, with one line, when there is no head
+    for i in range(num_samples):
+        if num_samples > 1:
+            info(f"--- sample {i + 1}/{num_samples} ---")
+        summary = MetacogSummary()
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        try:
+            for piece in metacog_stream(gen, prompt, sampling, summary, generator=shared):
+                if colour:
+                    style = confidence_style(piece.confidence, piece.resampled, config.confidence_threshold,
+                                             config.regulation_threshold)
+                    console.print(Text(piece.text, style=style), end="")
+                else:
+                    sys.stdout.write(piece.text)
+                    sys.stdout.flush()
+        finally:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        info(summary.line())

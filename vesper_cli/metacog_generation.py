@@ -47,9 +47,14 @@ _REASONS = {"max_new_tokens": "max_tokens"}
 
 
 def metacog_stream(gen: Generator, prompt: str, sampling: SamplingConfig, summary: MetacogSummary,
-                   generator: torch.Generator | None = None) -> Iterator[Piece]:
-    """Yield decoded pieces of one regulated completion of ``prompt``; fills ``summary`` as it goes."""
+                   generator: torch.Generator | None = None,
+                   confidence_threshold: float | None = None) -> Iterator[Piece]:
+    """Yield decoded pieces of one regulated completion of ``prompt``; fills ``summary`` as it goes.
+
+    ``confidence_threshold`` overrides the satisficing threshold of the head's config (0.85)."""
     head = gen.checkpoint.build_metacog_head(gen.device).eval()
+    config = head.config if confidence_threshold is None else head.config.replace(
+        confidence_threshold=confidence_threshold)
     ids = torch.tensor([gen._ids(prompt)], dtype=torch.long, device=gen.device)
     if generator is None and sampling.seed is not None:
         generator = torch.Generator(device=gen.device).manual_seed(sampling.seed)
@@ -61,7 +66,7 @@ def metacog_stream(gen: Generator, prompt: str, sampling: SamplingConfig, summar
     events = metacog_generate(gen.model, head, ids, max_new_tokens=sampling.max_tokens,
                               temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                               repetition_penalty=sampling.repetition_penalty,
-                              regulator=MetacognitiveRegulator(head.config), eos_id=eos_id, generator=generator)
+                              regulator=MetacognitiveRegulator(config), eos_id=eos_id, generator=generator)
     try:
         for event in events:
             summary.tokens += 1
@@ -96,7 +101,8 @@ def confidence_style(confidence: float, resampled: bool, threshold: float = 0.85
     return f"{colour} underline" if resampled else colour
 
 
-def print_metacog_samples(gen: Generator, prompt: str, sampling: SamplingConfig, num_samples: int) -> None:
+def print_metacog_samples(gen: Generator, prompt: str, sampling: SamplingConfig, num_samples: int,
+                          confidence_threshold: float | None = None) -> None:
     """``generate --metacog --prompt``: stream each sample to stdout (coloured by confidence on a TTY), then a
     summary line on stderr."""
     import sys
@@ -110,6 +116,8 @@ def print_metacog_samples(gen: Generator, prompt: str, sampling: SamplingConfig,
     if sampling.seed is not None:
         shared = torch.Generator(device=gen.device).manual_seed(sampling.seed)
     config = gen.checkpoint.build_metacog_head().config  # fails early, with one line, when there is no head
+    if confidence_threshold is not None:
+        config = config.replace(confidence_threshold=confidence_threshold)
     for i in range(num_samples):
         if num_samples > 1:
             info(f"--- sample {i + 1}/{num_samples} ---")
@@ -117,7 +125,8 @@ def print_metacog_samples(gen: Generator, prompt: str, sampling: SamplingConfig,
         sys.stdout.write(prompt)
         sys.stdout.flush()
         try:
-            for piece in metacog_stream(gen, prompt, sampling, summary, generator=shared):
+            for piece in metacog_stream(gen, prompt, sampling, summary, generator=shared,
+                                        confidence_threshold=confidence_threshold):
                 if colour:
                     style = confidence_style(piece.confidence, piece.resampled, config.confidence_threshold,
                                              config.regulation_threshold)

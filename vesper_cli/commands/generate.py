@@ -104,6 +104,8 @@ def generate_command(
     device: str = Opt("auto", help="auto | cpu | cuda"),
     metacog: bool = Opt(False, "--metacog", help="Regulate with the checkpoint's meta head: per-token confidence, "
                         "re-sample low-confidence spans, stop when satisficed (with --prompt)."),
+    confidence_threshold: Optional[float] = Opt(None, help="With --metacog: mean span confidence that satisfices "
+                                                "(stops)  [default: the head's, 0.85]"),
 ) -> None:
     from vesper_cli.generation import SamplingConfig, load_generator
     from vesper_core.device import resolve_device
@@ -126,7 +128,9 @@ def generate_command(
     if metacog:
         from vesper_cli.metacog_generation import print_metacog_samples
 
-        print_metacog_samples(gen, prompt, sampling, num_samples)
+        if confidence_threshold is not None and not 0 < confidence_threshold < 1:
+            raise ConfigError(f"--confidence-threshold must be in (0, 1), got {confidence_threshold}")
+        print_metacog_samples(gen, prompt, sampling, num_samples, confidence_threshold)
     elif interactive:
         _repl(gen, sampling, num_samples)
     elif prompts is not None:

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from vesper_cli.atomic import write_with_atomic
+from vesper_core.atomic import write_with_atomic
 from vesper_core import __version__
 from vesper_core.config import ModelConfig
 from vesper_core.errors import CheckpointError, ConfigError

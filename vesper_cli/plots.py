@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from vesper_cli.atomic import atomic_path
+from vesper_core.atomic import atomic_path
 from vesper_core.errors import DataError, VesperError
 
 DPI = 150

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from vesper_cli.atomic import write_json_atomic, write_with_atomic
+from vesper_core.atomic import write_json_atomic, write_with_atomic
 from vesper_core import __version__
 from vesper_core.errors import CheckpointError
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vesper_cli.atomic import write_json_atomic
+from vesper_core.atomic import write_json_atomic
 from vesper_cli.observer import StepMetrics
 
 LOG_FILE = "training_log.json"

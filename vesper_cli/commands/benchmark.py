@@ -110,7 +110,7 @@ def benchmark_command(
     plot: bool = Opt(False, "--plot", help="Also write the four graphs as OUTPUT with a .png suffix."),
     json_out: bool = Opt(False, "--json", help="Print the report JSON on stdout instead of the table."),
 ) -> None:
-    from vesper_cli.atomic import write_json_atomic
+    from vesper_core.atomic import write_json_atomic
     from vesper_cli.benchmarking import BenchConfig, run_benchmark
 
     cfg = BenchConfig(dataset=dataset, format=format, tokenizer=tokenizer, model_size=model_size, epochs=epochs,

@@ -1,4 +1,4 @@
-"""Atomic file writes: temp file in the same folder, fsync, rename. A crash never leaves a half file."""
+"""Atomic file writes (every package's): temp file in the same folder, fsync, rename. A crash never leaves a half file."""
 
 from __future__ import annotations
 

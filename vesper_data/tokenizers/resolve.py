@@ -36,7 +36,11 @@ def load_tokenizer(spec: str) -> VesperTokenizer:
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
             return VesperTokenizer.from_file(path / "tokenizer.json")
-        raise DataError(f"tokenizer folder {path} has no tokenizer.json; pass the tokenizer.json file itself")
+        gpt2_style = gpt2_bpe_files(path)
+        if gpt2_style is not None:
+            return gpt2_bpe_tokenizer(*gpt2_style, name=str(path))
+        raise DataError(f"tokenizer folder {path} has neither tokenizer.json nor GPT-2 BPE files "
+                        f"(encoder.json/vocab.json + vocab.bpe/merges.txt); pass a tokenizer.json")
     if _looks_like_path(spec):
         raise DataError(f"tokenizer file not found: {spec}; {_CHOICES}")
     if not _HUB_ID.fullmatch(spec):
@@ -50,6 +54,29 @@ def load_tokenizer(spec: str) -> VesperTokenizer:
                             f"Hugging Face hub is unreachable (offline?); {_CHOICES}") from None
         raise DataError(f"cannot load tokenizer {spec!r}: not a file, folder or registered name, and the "
                         f"Hugging Face hub did not provide it ({exc}); {_CHOICES}") from None
+
+
+def gpt2_bpe_files(folder: Path) -> tuple[Path, Path] | None:
+    """(vocab, merges) when ``folder`` holds a GPT-2 style BPE (OpenAI's or Hugging Face's file names)."""
+    vocab = next((folder / n for n in ("encoder.json", "vocab.json") if (folder / n).is_file()), None)
+    merges = next((folder / n for n in ("vocab.bpe", "merges.txt") if (folder / n).is_file()), None)
+    return (vocab, merges) if vocab and merges else None
+
+
+def gpt2_bpe_tokenizer(vocab: Path, merges: Path, *, name: str) -> VesperTokenizer:
+    """A byte-level BPE from GPT-2's two files, as a tokenizers.Tokenizer (savable as tokenizer.json)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    try:
+        model = models.BPE.from_file(str(vocab), str(merges))
+    except Exception as exc:  # tokenizers raises plain Exception subclasses for unreadable files
+        raise DataError(f"cannot read GPT-2 BPE files {vocab} + {merges}: {exc}") from exc
+    tok = Tokenizer(model)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    if tok.token_to_id("<|endoftext|>") is not None:
+        tok.add_special_tokens(["<|endoftext|>"])
+    return VesperTokenizer(tok, name)
 
 
 # -- auto ---------------------------------------------------------------------------------------

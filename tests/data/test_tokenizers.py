@@ -78,7 +78,7 @@ def test_bad_tokenizer_files(tmp_path):
         load_tokenizer(str(broken))
     with pytest.raises(DataError, match="tokenizer file not found"):
         load_tokenizer(str(tmp_path / "missing.json"))
-    with pytest.raises(DataError, match="has no tokenizer.json"):
+    with pytest.raises(DataError, match="has neither tokenizer.json"):
         load_tokenizer(str(tmp_path / ".."))
 
 

@@ -550,8 +550,9 @@ def _train(run: _Run, resume_state: LoadedResumeState | None, observer: TrainObs
         observer.on_message(f"stopped by {stop_reason}: resume with --resume {final}")
     else:
         if run.val_windows is not None:
-            _run_eval(run, observer, tracker)
-            maybe_best(run.log.evals[-1]["val_loss"], "val_loss")
+            if not run.log.evals or run.log.evals[-1]["step"] != run.step:  # not evaluated at this step yet
+                _run_eval(run, observer, tracker)
+                maybe_best(run.log.evals[-1]["val_loss"], "val_loss")
         elif window_losses:
             maybe_best(sum(window_losses) / len(window_losses), "train_loss")
         final = save("checkpoint-final.safetensors")

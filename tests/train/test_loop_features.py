@@ -86,7 +86,7 @@ def test_eval_logs_val_loss_and_keeps_best(tmp_path, text_file):
     val = make_text(tmp_path / "val.txt", lines=60)
     result = train(run_config(text_file, tmp_path / "o", max_steps=8, eval_every=4, val_dataset=str(val)))
     log = json.loads(result.log_path.read_text())
-    assert [e["step"] for e in log["evals"]] == [4, 8, 8]
+    assert [e["step"] for e in log["evals"]] == [4, 8]  # the final eval is not repeated at step 8
     assert all(e["val_loss"] > 0 and e["val_ppl"] > 1 for e in log["evals"])
     assert (tmp_path / "o" / "checkpoint-best.safetensors").is_file()
 

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vesper_cli.distributed import DistInfo
+from vesper_cli.evaluation import evaluate
 from vesper_cli.datasets import load_tokens, prepare_tokenizer
 from vesper_cli.training import autocast_factory, seed_everything
 from vesper_core.config import ModelConfig
@@ -231,18 +233,8 @@ def _load_data(cfg: BenchConfig, progress: ProgressFn) -> _Data:
 def evaluate_loss(model: torch.nn.Module, windows: TokenWindows, *, batch_size: int, device: torch.device,
                   autocast) -> float:
     """Token-weighted mean cross-entropy of ``model`` over every window (no MoE aux loss)."""
-    was_training = model.training
-    model.eval()
-    loss_sum, count = 0.0, 0
-    loader = BatchLoader(windows, batch_size, shuffle=False, drop_last=False)
-    for input_ids, labels in loader:
-        input_ids, labels = input_ids.to(device), labels.to(device)
-        with autocast():
-            logits = model(input_ids).logits
-        loss_sum += float(F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum"))
-        count += labels.numel()
-    model.train(was_training)
-    return loss_sum / max(count, 1)
+    return evaluate(model, windows, batch_size=batch_size, device=device, autocast=autocast, max_batches=0,
+                    dist_info=DistInfo(device=device))["val_loss"]
 
 
 # -- one run ---------------------------------------------------------------------------------

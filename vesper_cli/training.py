@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from vesper_cli.checkpoint import TOKENIZER_FILE, read_checkpoint, save_weights, step_from_name
 from vesper_cli.control import StopControl
 from vesper_cli.datasets import load_tokens, open_training_data, prepare_tokenizer
-from vesper_cli.distributed import (DistInfo, all_reduce_sum, full_model_state, full_optimizer_state, gradient_sync,
+from vesper_cli.distributed import (DistInfo, all_reduce_sum, barrier, full_model_state, full_optimizer_state, gradient_sync,
                                    init_distributed, shard_model, shard_optimizer_state, shutdown)
 from vesper_cli.evaluation import evaluate
 from vesper_cli.experiment_log import ExperimentLogger
@@ -431,7 +431,9 @@ def train(cfg: RunConfig, observer: TrainObserver | None = None, control: StopCo
     control = control or StopControl()
     run, resume_state = _build(cfg, observer)
     try:
-        return _train(run, resume_state, observer, control)
+        result = _train(run, resume_state, observer, control)
+        barrier(run.dist)  # rank 0 may still be writing files: leave the process group together
+        return result
     finally:
         shutdown(run.dist)
 

@@ -15,19 +15,16 @@ parameters; both counts are printed). Writes one JSON row to benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import platform
 import time
-from pathlib import Path
 
 import torch
 
+from _results import environment, save_result
 from vesper_core.generation import generate
 from vesper_core.model import VesperLM
 from vesper_core.presets import model_config
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -126,16 +123,11 @@ def main() -> None:
               f"KV cache) {hf['tokens_per_sec']:9.1f} tok/s; Vesper/HF = "
               f"{vesper['cache']['tokens_per_sec'] / hf['tokens_per_sec']:.2f}x")
 
-    row = {"benchmark": "generation", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "device": device_name, "torch": torch.__version__, "python": platform.python_version(),
+    row = {"benchmark": "generation", **environment(device_name),
            "preset": args.preset, "vocab": args.vocab, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
            "vesper": vesper, "cache_speedup": ratio, "hf_gpt2": hf}
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"bench_generation_{device.type}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(row, indent=2) + "\n")
-        tmp.replace(path)
+        path = save_result(f"bench_generation_{device.type}", row)
         print(f"wrote {path}")
 
 

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from _results import environment, save_result
 from vesper_cli.observer import TrainObserver
 from vesper_cli.run_config import build_run_config
 from vesper_cli.training import autocast_factory, train
@@ -41,7 +39,6 @@ from vesper_data.loader import BatchLoader, TokenWindows
 from vesper_data.sources import tokenize_documents
 from vesper_data.tokenizers import load_tokenizer
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class _Clock(TrainObserver):
@@ -148,17 +145,12 @@ def main() -> None:
         rows.append({"dtype": dtype, "matmul_flops": peak, "tokens_per_sec": best, "mfu": mfu,
                      "vesper_over_plain": ratio})
 
-    result = {"benchmark": "train_throughput", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "device": device_name, "torch": torch.__version__, "python": platform.python_version(),
+    result = {"benchmark": "train_throughput", **environment(device_name),
               "preset": args.preset, "params": num_params, "vocab": args.vocab, "batch_size": args.batch_size,
               "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
               "flops_per_token": flops_per_token, "results": rows}
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"bench_train_throughput_{args.device.split(':')[0]}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(path)
+        path = save_result(f"bench_train_throughput_{args.device.split(':')[0]}", result)
         print(f"wrote {path}")
 
 

@@ -568,15 +568,17 @@ def _train(run: _Run, resume_state: LoadedResumeState | None, observer: TrainObs
 
 
 def _run_eval(run: _Run, observer: TrainObserver, tracker: "ExperimentLogger") -> None:
-    metrics = evaluate(run.forward_model, run.val_windows, batch_size=run.cfg.data.batch_size,
-                       device=run.dist.device, autocast=autocast_factory(run.dist.device, run.dtype),
-                       max_batches=run.cfg.train.eval_batches, dist_info=run.dist)
+    common = dict(batch_size=run.cfg.data.batch_size, device=run.dist.device,
+                  autocast=autocast_factory(run.dist.device, run.dtype), max_batches=run.cfg.train.eval_batches,
+                  dist_info=run.dist)
     calibration = ""
-    if run.head is not None:
-        cal = evaluate_calibration(run.forward_model, run.head, run.val_windows, batch_size=run.cfg.data.batch_size,
-                                   device=run.dist.device, autocast=autocast_factory(run.dist.device, run.dtype),
-                                   max_batches=run.cfg.train.eval_batches, eos_id=run.tokenizer.eos_id,
-                                   dist_info=run.dist)
+    if run.head is None:
+        metrics = evaluate(run.forward_model, run.val_windows, **common)
+    else:  # one pass gives both the held-out LM loss and the head's calibration
+        cal = evaluate_calibration(run.forward_model, run.head, run.val_windows, eos_id=run.tokenizer.eos_id,
+                                   **common)
+        metrics = {"val_loss": cal["lm_loss"], "val_ppl": math.exp(min(cal["lm_loss"], 20.0)),
+                   "val_batches": cal["batches"]}
         metrics.update({f"metacog_{k}": cal[k] if math.isfinite(cal[k]) else None  # nan: one class missing
                         for k in ("ece", "auroc", "accuracy", "mean_confidence")})
         calibration = (f"; confidence ECE {cal['ece']:.4f}, AUROC {cal['auroc']:.3f}, "

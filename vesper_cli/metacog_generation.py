@@ -1,9 +1,10 @@
 """`vesper generate --metacog`: regulated generation with the checkpoint's meta head, shown with its confidence.
 
-``metacog_generate`` (vesper_metacog) produces tokens span by span; the regulator re-samples a span from
-its first low-confidence (or erroneous) position, at most ``max_iterations`` times, and stops at
-satisficing termination (mean span confidence above ``confidence_threshold`` with no error, or the
-head's termination probability above 0.5). Here the events become text: pieces decoded without
+``metacog_generate`` (vesper_metacog) produces tokens span by span, a span being a sentence or a line
+(at most 32 tokens); the regulator re-samples a weak span (mean confidence under the regulation threshold,
+or an error) from its first flagged position, at most ``max_iterations`` times, and stops at satisficing
+termination (mean span confidence above ``confidence_threshold`` with no error, or the head's
+termination probability above 0.5 on a sound span). Here the events become text: pieces decoded without
 splitting UTF-8 characters, each carrying the confidence of its last token, and a summary.
 """
 
@@ -16,7 +17,7 @@ from typing import Iterator
 import torch
 
 from vesper_cli.generation import Generator, SamplingConfig, stop_index
-from vesper_metacog import MetacognitiveRegulator, metacog_generate
+from vesper_metacog import MetacognitiveRegulator, metacog_generate, sentence_boundary_ids
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,12 @@ _REASONS = {"max_new_tokens": "max_tokens"}
 
 def metacog_stream(gen: Generator, prompt: str, sampling: SamplingConfig, summary: MetacogSummary,
                    generator: torch.Generator | None = None,
-                   confidence_threshold: float | None = None) -> Iterator[Piece]:
+                   confidence_threshold: float | None = None,
+                   boundary_ids: frozenset[int] | None = None) -> Iterator[Piece]:
     """Yield decoded pieces of one regulated completion of ``prompt``; fills ``summary`` as it goes.
 
-    ``confidence_threshold`` overrides the satisficing threshold of the head's config (0.85)."""
+    ``confidence_threshold`` overrides the satisficing threshold of the head's config (0.85).
+    ``boundary_ids`` (the tokens that end a span) defaults to ``sentence_ends(gen.tokenizer)``."""
     head = gen.checkpoint.build_metacog_head(gen.device).eval()
     config = head.config if confidence_threshold is None else head.config.replace(
         confidence_threshold=confidence_threshold)
@@ -66,7 +69,10 @@ def metacog_stream(gen: Generator, prompt: str, sampling: SamplingConfig, summar
     events = metacog_generate(gen.model, head, ids, max_new_tokens=sampling.max_tokens,
                               temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                               repetition_penalty=sampling.repetition_penalty,
-                              regulator=MetacognitiveRegulator(config), eos_id=eos_id, generator=generator)
+                              regulator=MetacognitiveRegulator(config), eos_id=eos_id,
+                              boundary_ids=sentence_ends(gen.tokenizer) if boundary_ids is None
+                              else boundary_ids,
+                              generator=generator)
     try:
         for event in events:
             summary.tokens += 1
@@ -95,6 +101,11 @@ def metacog_stream(gen: Generator, prompt: str, sampling: SamplingConfig, summar
         summary.seconds = time.perf_counter() - start
 
 
+def sentence_ends(tokenizer) -> frozenset[int]:
+    """The ids whose text ends a sentence or a line (one decode per vocabulary entry)."""
+    return sentence_boundary_ids(tokenizer.decode, range(tokenizer.vocab_size))
+
+
 def confidence_style(confidence: float, resampled: bool, threshold: float = 0.85, low: float = 0.3) -> str:
     """A rich style: green at or above the satisficing threshold, red under the regulation one."""
     colour = "green" if confidence >= threshold else "red" if confidence < low else "yellow"
@@ -118,6 +129,7 @@ def print_metacog_samples(gen: Generator, prompt: str, sampling: SamplingConfig,
     config = gen.checkpoint.build_metacog_head().config  # fails early, with one line, when there is no head
     if confidence_threshold is not None:
         config = config.replace(confidence_threshold=confidence_threshold)
+    boundaries = sentence_ends(gen.tokenizer)
     for i in range(num_samples):
         if num_samples > 1:
             info(f"--- sample {i + 1}/{num_samples} ---")
@@ -126,7 +138,8 @@ def print_metacog_samples(gen: Generator, prompt: str, sampling: SamplingConfig,
         sys.stdout.flush()
         try:
             for piece in metacog_stream(gen, prompt, sampling, summary, generator=shared,
-                                        confidence_threshold=confidence_threshold):
+                                        confidence_threshold=confidence_threshold,
+                                        boundary_ids=boundaries):
                 if colour:
                     style = confidence_style(piece.confidence, piece.resampled, config.confidence_threshold,
                                              config.regulation_threshold)

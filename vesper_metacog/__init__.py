@@ -3,7 +3,7 @@ self-supervised targets, loss and calibration metrics, the three-stage regulator
 generation. Depends only on vesper_core."""
 
 from vesper_metacog.config import MetacogConfig
-from vesper_metacog.generation import TokenEvent, metacog_generate
+from vesper_metacog.generation import TokenEvent, metacog_generate, sentence_boundary_ids
 from vesper_metacog.head import MetaHead, MetaOutput
 from vesper_metacog.losses import metacog_loss
 from vesper_metacog.metrics import (CalibrationMeter, auroc, expected_calibration_error,
@@ -16,5 +16,5 @@ __all__ = [
     "ERROR_TYPES", "CalibrationMeter", "CandidateScore", "MetaHead", "MetaOutput", "MetaTargets",
     "MetaWindow", "MetacogConfig", "MetacognitiveRegulator", "RegulationDecision", "RegulatorStep",
     "TokenEvent", "auroc", "compute_targets", "expected_calibration_error", "metacog_generate",
-    "metacog_loss", "reliability_bins",
+    "metacog_loss", "reliability_bins", "sentence_boundary_ids",
 ]

@@ -1,6 +1,11 @@
 """Generation regulated by the meta head: resample low-confidence spans, stop when satisficed.
 
-Tokens are produced in spans of ``span`` tokens (default 8, a "sentence-ish" unit). Each token is
+Tokens are produced in spans: a span ends after a token of ``boundary_ids`` (the CLI passes the
+tokens that end a sentence or a line, see ``sentence_boundary_ids``) once it holds some other token,
+at ``eos_id``, or after ``span`` tokens (default 32). So the regulator judges whole sentences - "in
+the garden." rather than 8 tokens that straddle two sentences and mix a confident ending with the next
+sentence's open choices - and the newline after a full stop starts the next sentence's span instead
+of being a span of its own. Each token is
 sampled with the samplers of ``vesper_core.generation`` (repetition penalty, temperature, top-k,
 top-p); its *confidence* is the head's output on the final hidden state of that token, i.e. the
 head's estimate (trained as in ``targets``) that the model's next top-1 prediction after it is right:
@@ -10,7 +15,9 @@ re-drawing the token.) The forward pass that reads it also gives the logits of t
 there is one forward per token. At the end of a span ``MetacognitiveRegulator.step`` decides:
 
 * **resample** - truncate back to the first flagged position and draw the rest of the span again.
-  The token first drawn there is banned at that position, so the draw differs even when greedy.
+  The token first drawn there is banned at that position, so the draw differs even when greedy;
+  when the span holds nothing before that position, boundary tokens are banned there too (a repair
+  must write something: otherwise the most confident repair is often an empty "." sentence).
   With planning enabled, ``planning_candidates`` re-draws are made (each also banning the previous
   candidates' first token) and ``plan`` keeps the most confident one. At most ``max_iterations``
   resamples per span; after that the span is accepted.
@@ -30,7 +37,7 @@ each token runs a full forward over the last ``max_position_embeddings`` ids (an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Collection, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -136,7 +143,7 @@ def metacog_generate(model: nn.Module, head: MetaHead, input_ids: Tensor, *, max
                      temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0,
                      repetition_penalty: float = 1.0,
                      regulator: MetacognitiveRegulator | None = None, eos_id: int | None = None,
-                     span: int = 8, use_cache: bool = True,
+                     span: int = 32, boundary_ids: Collection[int] = (), use_cache: bool = True,
                      generator: torch.Generator | None = None) -> Iterator[TokenEvent]:
     """Yield TokenEvents for up to ``max_new_tokens`` new tokens after ``input_ids`` (1, T) or (T,).
 
@@ -155,14 +162,21 @@ def metacog_generate(model: nn.Module, head: MetaHead, input_ids: Tensor, *, max
     regulator = regulator or MetacognitiveRegulator(head.config)
     device = next(iter(model.parameters()), ids).device
     dec = _Decoder(model, head, ids.long().to(device), max_new_tokens, use_cache)
+    boundaries = frozenset(boundary_ids)
 
-    def draw(n: int, banned: set[int], resampled: bool) -> _Span:
+    def draw(n: int, banned: set[int], resampled: bool, has_content: bool) -> _Span:
+        """Up to ``n`` tokens; ``banned`` ids are excluded at the first one. ``has_content``: the
+        span already holds a non-boundary token (leading boundaries, like the newline after a full
+        stop, join the sentence that follows instead of making a span of their own)."""
         out = _Span()
         for i in range(n):
             logits = dec.next_meta()[0].clone()
             logits = apply_repetition_penalty(logits, dec.ids, repetition_penalty)
-            if i == 0 and banned and len(banned) < logits.shape[-1]:
-                logits[0, sorted(banned)] = float("-inf")
+            ban = set(banned)
+            if i == 0 and resampled and not has_content:
+                ban |= boundaries  # a repair must write something, not end an empty sentence
+            if i == 0 and ban and len(ban) < logits.shape[-1]:
+                logits[0, sorted(ban)] = float("-inf")
             token = int(sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                                     generator=generator)[0])
             dec.append([token])
@@ -172,8 +186,9 @@ def metacog_generate(model: nn.Module, head: MetaHead, input_ids: Tensor, *, max
             out.errors.append(errs)
             out.termination.append(term)
             out.resampled.append(resampled)
-            if token == eos_id:
+            if token == eos_id or (token in boundaries and has_content):
                 break
+            has_content |= token not in boundaries
         return out
 
     produced = 0
@@ -181,7 +196,7 @@ def metacog_generate(model: nn.Module, head: MetaHead, input_ids: Tensor, *, max
         base = dec.length
         dec.forget_before(base)
         size = min(span, max_new_tokens - produced)
-        current = draw(size, set(), False)
+        current = draw(size, set(), False, False)
         iteration = 0
         banned: dict[int, set[int]] = {}
         while True:
@@ -193,12 +208,13 @@ def metacog_generate(model: nn.Module, head: MetaHead, input_ids: Tensor, *, max
             banned = {q: s for q, s in banned.items() if q <= at}  # later bans had another prefix
             tried = banned.setdefault(at, set())
             tried.add(current.tokens[at])
+            has_content = any(t not in boundaries for t in current.tokens[:at])
             num_candidates = (regulator.config.planning_candidates
                               if regulator.config.enable_planning else 1)
             candidates = []
             for _ in range(num_candidates):
                 dec.truncate(base + at)
-                candidates.append(draw(size - at, set(tried), True))
+                candidates.append(draw(size - at, set(tried), True, has_content))
                 tried.add(candidates[-1].tokens[0])
             best = regulator.plan([CandidateScore(sum(c.confidence) / len(c.confidence))
                                    for c in candidates])
@@ -222,3 +238,20 @@ def metacog_generate(model: nn.Module, head: MetaHead, input_ids: Tensor, *, max
                              resampled=current.resampled[i], stop_reason=reason if last else None)
         if reason is not None:
             return
+
+
+SENTENCE_ENDS = ".!?"
+_CLOSERS = "\"')]}»”’"
+
+
+def is_sentence_boundary(text: str) -> bool:
+    """True for a token's text that ends a sentence or a line: ``"."``, ``" ?"``, ``".\""``, ``"\n"``."""
+    if "\n" in text:
+        return True
+    core = text.rstrip().rstrip(_CLOSERS)
+    return bool(core) and core[-1] in SENTENCE_ENDS
+
+
+def sentence_boundary_ids(decode: Callable[[list[int]], str], vocab: Iterable[int]) -> frozenset[int]:
+    """The ids of ``vocab`` whose text, decoded alone, ends a sentence or a line."""
+    return frozenset(i for i in vocab if is_sentence_boundary(decode([i])))

@@ -2,17 +2,20 @@
 
 1. **Planning** (``plan``): given candidate continuations with their mean confidence, pick the most
    confident (ties -> the first). Upstream's stage was a no-op. Disabled -> always candidate 0.
-2. **Online regulation** (``regulate``): a position is *flagged* when its confidence is below
-   ``regulation_threshold`` or any error probability exceeds ``ERROR_THRESHOLD`` (0.5); the first
-   flagged position starts the span to re-sample (``resample_from``). ``has_errors`` = some error
-   probability exceeds 0.5 (the head's error types are independent sigmoids, so this means something,
-   unlike upstream's softmax maximum). Disabled -> ``resample_from`` is always None; ``has_errors`` is
-   still reported because termination uses it.
+2. **Online regulation** (``regulate``): a span is *weak* when its mean confidence is below
+   ``regulation_threshold`` or some error probability exceeds ``ERROR_THRESHOLD`` (0.5)
+   (``has_errors``; the head's error types are independent sigmoids, so this means something, unlike
+   upstream's softmax maximum). A weak span is re-sampled from its first flagged position (confidence
+   under the threshold, or an error). The test is on the span's mean, not on single tokens, because a
+   single low confidence is usually a choice point of the text (after "The", many nouns are right),
+   not a mistake, and re-drawing it only makes the text worse. Disabled -> ``resample_from`` is always
+   None; ``has_errors`` is still reported because termination uses it.
 3. **Satisficing termination** (``should_terminate``): stop when ``iteration >= max_iterations``;
    otherwise, when enabled, stop when the mean confidence exceeds ``confidence_threshold`` (strictly)
-   and there are no errors, or when the head's own termination probability exceeds 0.5 (the end of the
-   document is near; upstream computed this output but never consulted it). Disabled -> only the
-   iteration bound.
+   and there are no errors ("satisficed"), or when the head's own termination probability exceeds 0.5
+   while the span is sound - mean confidence at least ``regulation_threshold`` and no errors
+   ("termination": the end of the document is near and the model is not lost; upstream computed this
+   output but never consulted it). Disabled -> only the iteration bound.
 
 ``step`` combines them for generation, one span at a time; see its docstring.
 """
@@ -106,12 +109,17 @@ class MetacognitiveRegulator:
             )
         erroneous = (errors > ERROR_THRESHOLD).any(dim=-1)  # (T,)
         has_errors = bool(erroneous.any())
-        if not self.config.enable_regulation:
+        weak = confidences.numel() > 0 and (
+            has_errors or self._mean(confidences) < self.config.regulation_threshold)
+        if not self.config.enable_regulation or not weak:
             return RegulationDecision(resample_from=None, has_errors=has_errors)
         flagged = (confidences < self.config.regulation_threshold) | erroneous  # (T,)
-        hits = torch.nonzero(flagged).flatten()
-        start = int(hits[0]) if hits.numel() else None
+        start = int(torch.nonzero(flagged).flatten()[0])  # a weak span has a flagged position
         return RegulationDecision(resample_from=start, has_errors=has_errors)
+
+    @staticmethod
+    def _mean(confidences: Tensor) -> float:
+        return float(confidences.float().mean()) if confidences.numel() else 0.0
 
     # -- stage 3 ---------------------------------------------------------------------
     def is_satisficing(self, confidence_mean: float, has_errors: bool,
@@ -132,7 +140,8 @@ class MetacognitiveRegulator:
                           termination_prob: float | None) -> str | None:
         if confidence_mean > self.config.confidence_threshold and not has_errors:
             return "satisficed"
-        if termination_prob is not None and termination_prob > TERMINATION_THRESHOLD:
+        sound = not has_errors and confidence_mean >= self.config.regulation_threshold
+        if sound and termination_prob is not None and termination_prob > TERMINATION_THRESHOLD:
             return "termination"
         return None
 
@@ -145,13 +154,19 @@ class MetacognitiveRegulator:
 
         * ``resample`` from the first flagged position while ``iteration < max_iterations``
           (the returned iteration is one more);
-        * ``stop`` when satisficing (mean confidence of the span, no errors) or the termination
-          probability at the span's last position exceeds 0.5;
+        * ``stop`` when satisficing (mean confidence of the span, no errors) or, on a sound span, the
+          termination probability at the span's last position exceeds 0.5 - but only for a span
+          accepted as first drawn (``iteration == 0``);
         * otherwise ``continue``. Running out of iterations means accepting the span and going on,
           not stopping, so a model that is never confident still writes ``max_new_tokens``.
+
+        A re-drawn span is accepted but never ends the generation, however confident: its first
+        draw was weak, so the model was lost there, and a confident repair (after a garbled prompt,
+        the most confident re-draw is often a stock phrase) is not evidence that the text is done.
+        The next span, drawn without help, decides.
         """
         decision = self.regulate(window.confidence, window.error_probs)
-        mean = float(window.confidence.float().mean()) if window.confidence.numel() else 0.0
+        mean = self._mean(window.confidence)
         if decision.resample_from is not None and iteration < self.config.max_iterations:
             return RegulatorStep(RESAMPLE, decision.resample_from, iteration + 1, mean,
                                  decision.has_errors)
@@ -159,7 +174,7 @@ class MetacognitiveRegulator:
         if window.termination_prob is not None and window.termination_prob.numel():
             last_term = float(window.termination_prob[-1])
         reason = None
-        if self.config.enable_termination:
+        if self.config.enable_termination and iteration == 0:
             reason = self._satisfice_reason(mean, decision.has_errors, last_term)
         action = STOP if reason is not None else CONTINUE
         return RegulatorStep(action, None, iteration, mean, decision.has_errors, reason)

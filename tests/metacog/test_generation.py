@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from vesper_metacog import MetacogConfig, MetaHead, MetacognitiveRegulator, metacog_generate
+from vesper_metacog.generation import is_sentence_boundary, sentence_boundary_ids
 
 V, H = 10, 4
 
@@ -112,3 +113,70 @@ def test_with_a_tiny_vesper_lm():
         if use_cache:
             cached = [e.token_id for e in events]
     assert [e.token_id for e in events] == cached  # cache rewinds give the same greedy text
+
+
+class CountingLM(nn.Module):
+    """Prefers the last token + 1 (mod V), then + 2, ...; the hidden state is the token one-hot."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids, *, kv_cache=None, return_hidden=False):
+        preferred = (input_ids + 1) % V  # (B, T)
+        rank = (torch.arange(V)[None, None, :] - preferred[..., None]) % V  # (B, T, V)
+        hidden = nn.functional.one_hot(input_ids, V).float()  # (B, T, V)
+        return SimpleNamespace(logits=-3.0 * rank.float(), hidden_states=hidden)
+
+
+def counting_head(unsure_after=(), **config):
+    """Confident (0.998) after every token but those of ``unsure_after`` (0.002); no errors or end."""
+    head = MetaHead(MetacogConfig(hidden_size=V, **config))
+    with torch.no_grad():
+        for layer in (head.confidence_proj, head.termination_proj, head.error_classifier):
+            layer.weight.zero_()
+        head.confidence_proj.bias.fill_(6.0)
+        for token in unsure_after:
+            head.confidence_proj.weight[0, token] = -12.0
+        head.termination_proj.bias.fill_(-6.0)
+        head.error_classifier.bias.fill_(-6.0)
+    return head
+
+
+def count(head, **kwargs):
+    events = metacog_generate(CountingLM(), head, PROMPT, max_new_tokens=10, temperature=0.0, **kwargs)
+    return [(e.token_id, e.resampled, e.stop_reason) for e in events]
+
+
+def test_spans_end_at_boundary_tokens_after_some_content():
+    # greedy writes 3, 4, 5, ...: a confident head satisfices at the end of the first span
+    assert len(count(counting_head(), span=8)) == 8
+    assert count(counting_head(), span=8, boundary_ids={5}) == [
+        (3, False, None), (4, False, None), (5, False, "satisficed")]
+    # a leading boundary (3, like the newline after a full stop) joins the sentence that follows
+    assert count(counting_head(), span=8, boundary_ids={3, 5})[-1] == (5, False, "satisficed")
+
+
+def test_a_confident_redraw_is_accepted_but_the_next_span_decides_the_stop():
+    # greedy draws 3 (weak) -> re-drawn as 4 (confident, but a repair: continue) -> 5 satisfices
+    assert count(counting_head(unsure_after=[3], planning_candidates=1), span=1) == [
+        (4, True, None), (5, False, "satisficed")]
+
+
+def test_a_redraw_of_an_empty_span_does_not_start_with_a_boundary():
+    # 3 is weak and 4 would end the span before it holds anything: the repair skips both
+    events = count(counting_head(unsure_after=[3], planning_candidates=1), span=1, boundary_ids={4})
+    assert events[0] == (5, True, None)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (".", True), (" ?", True), ("!", True), ('."', True), ("\n", True), (" end.\n", True),
+    (" the", False), (",", False), ("", False), ("...)", True), ("\ufffd", False), (" Mr", False),
+])
+def test_sentence_boundaries(text, expected):
+    assert is_sentence_boundary(text) is expected
+
+
+def test_sentence_boundary_ids_decode_each_id_alone():
+    texts = {0: "a", 1: ".", 2: " b", 3: "\n"}
+    assert sentence_boundary_ids(lambda ids: texts[ids[0]], texts) == {1, 3}

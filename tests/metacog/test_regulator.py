@@ -33,21 +33,31 @@ def test_has_errors_blocks_termination():
     assert not reg.should_terminate(0.99, True, iteration=0, termination_prob=0.4)
 
 
-def test_termination_head_is_consulted():
-    reg = regulator()
-    assert reg.should_terminate(0.2, True, iteration=0, termination_prob=0.7)
-    assert not reg.should_terminate(0.2, False, iteration=0, termination_prob=0.5)
-
-
-def test_resample_from_first_flagged_position():
+def test_termination_head_is_consulted_only_on_a_sound_span():
     reg = regulator(regulation_threshold=0.3)
-    decision = reg.regulate(torch.tensor([0.9, 0.8, 0.2, 0.1]), NO_ERRORS)
+    assert reg.should_terminate(0.3, False, iteration=0, termination_prob=0.7)
+    assert not reg.should_terminate(0.3, False, iteration=0, termination_prob=0.5)  # strict
+    assert not reg.should_terminate(0.29, False, iteration=0, termination_prob=0.99)  # lost
+    assert not reg.should_terminate(0.6, True, iteration=0, termination_prob=0.99)  # errors
+
+
+def test_weak_span_resamples_from_first_flagged_position():
+    reg = regulator(regulation_threshold=0.3)
+    decision = reg.regulate(torch.tensor([0.4, 0.35, 0.2, 0.1]), NO_ERRORS)  # mean 0.2625
     assert decision.resample_from == 2 and not decision.has_errors
     errors = NO_ERRORS.clone()
     errors[1, 2] = 0.7
-    decision = reg.regulate(torch.tensor([0.9, 0.8, 0.2, 0.1]), errors)
+    decision = reg.regulate(torch.tensor([0.9, 0.8, 0.2, 0.1]), errors)  # mean 0.5, an error
     assert decision.resample_from == 1 and decision.has_errors
     assert reg.regulate(torch.tensor([0.9, 0.8, 0.3, 0.5]), NO_ERRORS).resample_from is None
+
+
+def test_one_low_token_in_a_sound_span_is_a_choice_point_not_a_mistake():
+    reg = regulator(regulation_threshold=0.3)
+    decision = reg.regulate(torch.tensor([0.9, 0.05, 0.6, 0.4]), NO_ERRORS)  # mean 0.4875
+    assert decision.resample_from is None and not decision.has_errors
+    assert reg.regulate(torch.tensor([0.3, 0.3]), torch.zeros(2, 3)).resample_from is None  # mean == threshold
+    assert reg.regulate(torch.tensor([0.3, 0.29]), torch.zeros(2, 3)).resample_from == 1
 
 
 def test_regulation_disabled_never_resamples_but_reports_errors():
@@ -75,13 +85,21 @@ def window(conf, term=None):
 
 def test_step_resamples_then_accepts_when_iterations_run_out():
     reg = regulator(max_iterations=2)
-    low = window([0.9, 0.1, 0.5])
+    low = window([0.5, 0.1, 0.2])  # mean 0.27 < 0.3
     first = reg.step(low, 0)
     assert (first.action, first.resample_from, first.iteration) == ("resample", 1, 1)
     second = reg.step(low, first.iteration)
     assert (second.action, second.iteration) == ("resample", 2)
     third = reg.step(low, second.iteration)
     assert (third.action, third.resample_from) == ("continue", None)
+
+
+def test_a_redrawn_span_never_stops_the_generation():
+    reg = regulator()
+    confident = window([0.95, 0.97, 0.99], term=[0.9, 0.9, 0.9])
+    assert reg.step(confident, 0).action == "stop"
+    repaired = reg.step(confident, 1)
+    assert (repaired.action, repaired.reason, repaired.iteration) == ("continue", None, 1)
 
 
 def test_step_stops_when_satisficed_or_termination_head_says_so():
@@ -91,4 +109,6 @@ def test_step_stops_when_satisficed_or_termination_head_says_so():
     ending = reg.step(window([0.5, 0.5, 0.5], term=[0.1, 0.2, 0.8]))
     assert (ending.action, ending.reason) == ("stop", "termination")
     assert reg.step(window([0.5, 0.5, 0.5], term=[0.9, 0.2, 0.1])).action == "continue"
+    lost = regulator(enable_regulation=False).step(window([0.1, 0.2, 0.1], term=[0.9, 0.9, 0.9]))
+    assert (lost.action, lost.reason) == ("continue", None)  # the end is near but the model is lost
     assert regulator(enable_termination=False).step(window([0.99] * 3)).action == "continue"

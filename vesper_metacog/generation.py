@@ -21,7 +21,8 @@ there is one forward per token. At the end of a span ``MetacognitiveRegulator.st
   With planning enabled, ``planning_candidates`` re-draws are made (each also banning the previous
   candidates' first token) and ``plan`` keeps the most confident one. At most ``max_iterations``
   resamples per span; after that the span is accepted.
-* **stop** - satisficing termination (``stop_reason`` "satisficed" or "termination");
+* **stop** - satisficing termination (``stop_reason`` "satisficed" or "termination"), only at the
+  end of a sentence (a span cut at ``span`` tokens is not ``finished``) when boundaries are given;
 * **continue** - next span.
 
 Events are yielded once their span is accepted, so a consumer never has to retract text; tokens that
@@ -74,10 +75,10 @@ class _Span:
                      self.errors + other.errors, self.termination + other.termination,
                      self.resampled + other.resampled)
 
-    def window(self) -> MetaWindow:
+    def window(self, finished: bool) -> MetaWindow:
         return MetaWindow(confidence=torch.tensor(self.confidence),
                           error_probs=torch.stack(self.errors),
-                          termination_prob=torch.tensor(self.termination))
+                          termination_prob=torch.tensor(self.termination), finished=finished)
 
 
 class _Decoder:
@@ -200,7 +201,9 @@ def metacog_generate(model: nn.Module, head: MetaHead, input_ids: Tensor, *, max
         iteration = 0
         banned: dict[int, set[int]] = {}
         while True:
-            step = regulator.step(current.window(), iteration)
+            ending = current.tokens[-1]
+            finished = not boundaries or ending in boundaries or ending == eos_id
+            step = regulator.step(current.window(finished), iteration)
             if step.action != RESAMPLE:
                 break
             iteration = step.iteration

@@ -62,6 +62,7 @@ class MetaWindow:
     confidence: Tensor  # (T,)
     error_probs: Tensor  # (T, E)
     termination_prob: Tensor | None = None  # (T,)
+    finished: bool = True  # the span ends a sentence; False when it was cut at its length limit
 
     @classmethod
     def from_output(cls, meta: MetaOutput, row: int = 0, start: int = 0,
@@ -155,8 +156,9 @@ class MetacognitiveRegulator:
         * ``resample`` from the first flagged position while ``iteration < max_iterations``
           (the returned iteration is one more);
         * ``stop`` when satisficing (mean confidence of the span, no errors) or, on a sound span, the
-          termination probability at the span's last position exceeds 0.5 - but only for a span
-          accepted as first drawn (``iteration == 0``);
+          termination probability at the span's last position exceeds 0.5 - but only for a
+          ``finished`` span (a sentence, not a run cut at the length limit: a loop of commas can be
+          very confident) accepted as first drawn (``iteration == 0``);
         * otherwise ``continue``. Running out of iterations means accepting the span and going on,
           not stopping, so a model that is never confident still writes ``max_new_tokens``.
 
@@ -174,7 +176,7 @@ class MetacognitiveRegulator:
         if window.termination_prob is not None and window.termination_prob.numel():
             last_term = float(window.termination_prob[-1])
         reason = None
-        if self.config.enable_termination and iteration == 0:
+        if self.config.enable_termination and iteration == 0 and window.finished:
             reason = self._satisfice_reason(mean, decision.has_errors, last_term)
         action = STOP if reason is not None else CONTINUE
         return RegulatorStep(action, None, iteration, mean, decision.has_errors, reason)

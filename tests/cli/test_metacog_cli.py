@@ -158,3 +158,27 @@ def test_generate_metacog_needs_a_head_and_a_prompt(cli, tmp_path, joint, text):
     assert code != 0 and "no metacog head" in err
     code, _, err = cli("generate", "--model", joint.final_checkpoint, "--interactive", "--metacog")
     assert code != 0 and "--metacog works with --prompt" in err
+
+
+@pytest.mark.slow
+def test_generate_metacog_stops_earlier_on_an_easy_prompt_than_on_a_hard_one(cli, tmp_path):
+    """The README's recipe (nano, demo corpus, 800 steps with --metacog; ~40 s): the end of a begun
+    sentence is easy - the head is confident and one sentence satisfices -, random characters are
+    hard - the head is not, spans are re-drawn and writing goes on to --max-tokens."""
+    result = train(run_config("demo", tmp_path / "run", tokenizer="auto", metacog=True, max_steps=800,
+                              seq_len=128, batch_size=16, lr=1e-3, dtype="bf16", save_every=0,
+                              log_every=100))
+
+    def complete(prompt):
+        code, out, err = cli("generate", "--model", result.final_checkpoint, "--prompt", prompt, "--metacog",
+                             "--max-tokens", "60", "--temperature", "0")
+        assert code == 0, err
+        summary = next(x for x in err.splitlines() if x.startswith("metacog:"))
+        return int(summary.split()[1]), summary.rsplit("stopped: ", 1)[1].split()[0], out
+
+    easy = [complete(p) for p in ("The cat sleeps in the", "My brother will find the map next",
+                                  "Le professeur est fier le")]
+    hard = [complete(p) for p in ("Xq zv jkw plo brrt", "iy+CEs(5lkO$!nM)L{p)", "%EB].1-J5\"[?`TkP;o")]
+    assert [reason for _, reason, _ in easy] == ["satisficed"] * 3, easy
+    assert all(tokens <= 3 for tokens, _, _ in easy), easy  # a word and its full stop
+    assert [reason for _, reason, _ in hard] == ["max_tokens"] * 3, hard

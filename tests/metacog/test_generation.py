@@ -180,3 +180,9 @@ def test_sentence_boundaries(text, expected):
 def test_sentence_boundary_ids_decode_each_id_alone():
     texts = {0: "a", 1: ".", 2: " b", 3: "\n"}
     assert sentence_boundary_ids(lambda ids: texts[ids[0]], texts) == {1, 3}
+
+
+def test_a_span_cut_at_the_length_limit_does_not_satisfice():
+    # spans of at most 2 tokens: 3 4 is cut at the limit, 5 6 ends at the boundary 6
+    assert count(counting_head(), span=2, boundary_ids={6}) == [
+        (3, False, None), (4, False, None), (5, False, None), (6, False, "satisficed")]

@@ -112,3 +112,11 @@ def test_step_stops_when_satisficed_or_termination_head_says_so():
     lost = regulator(enable_regulation=False).step(window([0.1, 0.2, 0.1], term=[0.9, 0.9, 0.9]))
     assert (lost.action, lost.reason) == ("continue", None)  # the end is near but the model is lost
     assert regulator(enable_termination=False).step(window([0.99] * 3)).action == "continue"
+
+
+def test_only_a_finished_span_can_stop():
+    reg = regulator()
+    confident = torch.tensor([0.95, 0.97, 0.99])
+    cut = MetaWindow(confident, torch.zeros(3, 3), torch.tensor([0.9, 0.9, 0.9]), finished=False)
+    assert (reg.step(cut).action, reg.step(cut).reason) == ("continue", None)
+    assert reg.step(window([0.95, 0.97, 0.99])).reason == "satisficed"  # finished by default

@@ -2,7 +2,8 @@
 
     python benchmarks/bench_metacog_stops.py --model CKPT [--text demo|FILE] [--prompts 8] [--seeds 4]
                                              [--max-tokens 100] [--temperature 0.8]
-                                             [--confidence-threshold X] [--show]
+                                             [--confidence-threshold X] [--regulation-threshold Y]
+                                             [--show]
 
 * **easy** prompts: sentences of the model's own domain cut before their last word ("The cat sleeps
   in the" from "The cat sleeps in the garden."). ``--text demo`` draws them from the demo generator
@@ -47,11 +48,10 @@ def hard_prompts(easy: list[str], rng: random.Random) -> list[str]:
     return ["".join(rng.choice(alphabet) for _ in range(len(prompt))).strip() or "x" for prompt in easy]
 
 
-def complete(gen, prompt: str, sampling: SamplingConfig, threshold: float | None,
+def complete(gen, prompt: str, sampling: SamplingConfig, overrides: dict,
              boundaries: frozenset[int]) -> tuple[str, MetacogSummary]:
     summary = MetacogSummary()
-    text = "".join(piece.text for piece in metacog_stream(gen, prompt, sampling, summary,
-                                                          confidence_threshold=threshold,
+    text = "".join(piece.text for piece in metacog_stream(gen, prompt, sampling, summary, overrides=overrides,
                                                           boundary_ids=boundaries))
     return text, summary
 
@@ -63,7 +63,7 @@ def measure(gen, prompts: list[str], args, boundaries: frozenset[int]) -> dict:
         for prompt in prompts:
             for seed in seeds:
                 sampling = SamplingConfig(max_tokens=args.max_tokens, temperature=temperature, seed=seed)
-                text, summary = complete(gen, prompt, sampling, args.confidence_threshold, boundaries)
+                text, summary = complete(gen, prompt, sampling, args.overrides, boundaries)
                 tokens.append(summary.tokens)
                 reasons[summary.stop_reason] += 1
                 if args.show and seed == 0:
@@ -84,8 +84,12 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--confidence-threshold", type=float, default=None,
                         help="satisficing threshold (default: the checkpoint's, 0.85)")
+    parser.add_argument("--regulation-threshold", type=float, default=None,
+                        help="re-draw threshold (default: the checkpoint's, 0.3)")
     parser.add_argument("--show", action="store_true", help="print each prompt's first completion")
     args = parser.parse_args()
+    args.overrides = {name: value for name in ("confidence_threshold", "regulation_threshold")
+                      if (value := getattr(args, name)) is not None}
 
     gen = load_generator(args.model)
     gen.model.eval()
@@ -110,7 +114,7 @@ def main() -> None:
     print("hard/easy mean tokens: " + ", ".join(f"{d} {r:.2f}x" for d, r in ratios.items()))
 
     row = {**environment("cpu"), "model": str(args.model), "text": args.text, "max_tokens": args.max_tokens,
-           "temperature": args.temperature, "confidence_threshold": args.confidence_threshold,
+           "temperature": args.temperature, "regulator_overrides": args.overrides,
            "prompts": sets, "results": results, "hard_over_easy_mean_tokens": ratios}
     print(f"wrote {save_result('bench_metacog_stops', row)}")
 

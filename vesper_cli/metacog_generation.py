@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 
@@ -49,15 +49,14 @@ _REASONS = {"max_new_tokens": "max_tokens"}
 
 def metacog_stream(gen: Generator, prompt: str, sampling: SamplingConfig, summary: MetacogSummary,
                    generator: torch.Generator | None = None,
-                   confidence_threshold: float | None = None,
+                   overrides: Mapping[str, float] | None = None,
                    boundary_ids: frozenset[int] | None = None) -> Iterator[Piece]:
     """Yield decoded pieces of one regulated completion of ``prompt``; fills ``summary`` as it goes.
 
-    ``confidence_threshold`` overrides the satisficing threshold of the head's config (0.85).
+    ``overrides`` replace regulator settings of the head's config (e.g. ``confidence_threshold``).
     ``boundary_ids`` (the tokens that end a span) defaults to ``sentence_ends(gen.tokenizer)``."""
     head = gen.checkpoint.build_metacog_head(gen.device).eval()
-    config = head.config if confidence_threshold is None else head.config.replace(
-        confidence_threshold=confidence_threshold)
+    config = head.config.replace(**(overrides or {}))
     ids = torch.tensor([gen._ids(prompt)], dtype=torch.long, device=gen.device)
     if generator is None and sampling.seed is not None:
         generator = torch.Generator(device=gen.device).manual_seed(sampling.seed)
@@ -113,7 +112,7 @@ def confidence_style(confidence: float, resampled: bool, threshold: float = 0.85
 
 
 def print_metacog_samples(gen: Generator, prompt: str, sampling: SamplingConfig, num_samples: int,
-                          confidence_threshold: float | None = None) -> None:
+                          overrides: Mapping[str, float] | None = None) -> None:
     """``generate --metacog --prompt``: stream each sample to stdout (coloured by confidence on a TTY), then a
     summary line on stderr."""
     import sys
@@ -126,9 +125,8 @@ def print_metacog_samples(gen: Generator, prompt: str, sampling: SamplingConfig,
     shared = None
     if sampling.seed is not None:
         shared = torch.Generator(device=gen.device).manual_seed(sampling.seed)
-    config = gen.checkpoint.build_metacog_head().config  # fails early, with one line, when there is no head
-    if confidence_threshold is not None:
-        config = config.replace(confidence_threshold=confidence_threshold)
+    # fails early, with one line, when there is no head
+    config = gen.checkpoint.build_metacog_head().config.replace(**(overrides or {}))
     boundaries = sentence_ends(gen.tokenizer)
     for i in range(num_samples):
         if num_samples > 1:
@@ -138,8 +136,7 @@ def print_metacog_samples(gen: Generator, prompt: str, sampling: SamplingConfig,
         sys.stdout.flush()
         try:
             for piece in metacog_stream(gen, prompt, sampling, summary, generator=shared,
-                                        confidence_threshold=confidence_threshold,
-                                        boundary_ids=boundaries):
+                                        overrides=overrides, boundary_ids=boundaries):
                 if colour:
                     style = confidence_style(piece.confidence, piece.resampled, config.confidence_threshold,
                                              config.regulation_threshold)

@@ -152,6 +152,19 @@ def test_generate_metacog_prints_text_and_a_summary(cli, joint):
     assert len(line) == 1 and "tokens, mean confidence" in line[0] and "resampled, stopped:" in line[0]
 
 
+def test_generate_metacog_threshold_flags(cli, joint):
+    def summary(*flags):
+        code, _, err = cli("generate", "--model", joint.final_checkpoint, "--prompt", "the river", "--metacog",
+                           "--max-tokens", "8", "--temperature", "0", *flags)
+        assert code == 0, err
+        return next(x for x in err.splitlines() if x.startswith("metacog:"))
+
+    assert " 8 resampled" in summary("--regulation-threshold", "1")  # every span is weak: all re-drawn
+    for flag in ("--regulation-threshold", "--confidence-threshold"):
+        code, _, err = cli("generate", "--model", joint.final_checkpoint, "--prompt", "x", "--metacog", flag, "1.5")
+        assert code != 0 and f"{flag} must be in [0, 1], got 1.5" in err
+
+
 def test_generate_metacog_needs_a_head_and_a_prompt(cli, tmp_path, joint, text):
     plain = train(run_config(text, tmp_path / "plain", max_steps=1, save_every=0))
     code, _, err = cli("generate", "--model", plain.final_checkpoint, "--prompt", "the", "--metacog")

@@ -106,6 +106,8 @@ def generate_command(
                         "re-sample low-confidence spans, stop when satisficed (with --prompt)."),
     confidence_threshold: Optional[float] = Opt(None, help="With --metacog: mean span confidence that satisfices "
                                                 "(stops)  [default: the head's, 0.85]"),
+    regulation_threshold: Optional[float] = Opt(None, help="With --metacog: a span whose mean confidence is under "
+                                                "this is re-drawn  [default: the head's, 0.3]"),
 ) -> None:
     from vesper_cli.generation import SamplingConfig, load_generator
     from vesper_core.device import resolve_device
@@ -128,9 +130,12 @@ def generate_command(
     if metacog:
         from vesper_cli.metacog_generation import print_metacog_samples
 
-        if confidence_threshold is not None and not 0 < confidence_threshold < 1:
-            raise ConfigError(f"--confidence-threshold must be in (0, 1), got {confidence_threshold}")
-        print_metacog_samples(gen, prompt, sampling, num_samples, confidence_threshold)
+        thresholds = {"confidence_threshold": confidence_threshold, "regulation_threshold": regulation_threshold}
+        for name, value in thresholds.items():
+            if value is not None and not 0 <= value <= 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+        print_metacog_samples(gen, prompt, sampling, num_samples,
+                              {name: value for name, value in thresholds.items() if value is not None})
     elif interactive:
         _repl(gen, sampling, num_samples)
     elif prompts is not None:

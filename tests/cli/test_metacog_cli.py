@@ -152,14 +152,17 @@ def test_generate_metacog_prints_text_and_a_summary(cli, joint):
     assert len(line) == 1 and "tokens, mean confidence" in line[0] and "resampled, stopped:" in line[0]
 
 
-def test_generate_metacog_threshold_flags(cli, joint):
-    def summary(*flags):
-        code, _, err = cli("generate", "--model", joint.final_checkpoint, "--prompt", "the river", "--metacog",
-                           "--max-tokens", "8", "--temperature", "0", *flags)
-        assert code == 0, err
-        return next(x for x in err.splitlines() if x.startswith("metacog:"))
+def metacog_summary(cli, checkpoint, prompt, max_tokens, *flags):
+    """The `metacog:` summary line of a greedy `generate --metacog` run that must succeed."""
+    code, _, err = cli("generate", "--model", checkpoint, "--prompt", prompt, "--metacog",
+                       "--max-tokens", str(max_tokens), "--temperature", "0", *flags)
+    assert code == 0, err
+    return next(x for x in err.splitlines() if x.startswith("metacog:"))
 
-    assert " 8 resampled" in summary("--regulation-threshold", "1")  # every span is weak: all re-drawn
+
+def test_generate_metacog_threshold_flags(cli, joint):
+    summary = metacog_summary(cli, joint.final_checkpoint, "the river", 8, "--regulation-threshold", "1")
+    assert " 8 resampled" in summary  # every span is weak: all re-drawn
     for flag in ("--regulation-threshold", "--confidence-threshold"):
         code, _, err = cli("generate", "--model", joint.final_checkpoint, "--prompt", "x", "--metacog", flag, "1.5")
         assert code != 0 and f"{flag} must be in [0, 1], got 1.5" in err
@@ -183,11 +186,8 @@ def test_generate_metacog_stops_earlier_on_an_easy_prompt_than_on_a_hard_one(cli
                               log_every=100))
 
     def complete(prompt):
-        code, out, err = cli("generate", "--model", result.final_checkpoint, "--prompt", prompt, "--metacog",
-                             "--max-tokens", "60", "--temperature", "0")
-        assert code == 0, err
-        summary = next(x for x in err.splitlines() if x.startswith("metacog:"))
-        return int(summary.split()[1]), summary.rsplit("stopped: ", 1)[1].split()[0], out
+        summary = metacog_summary(cli, result.final_checkpoint, prompt, 60)
+        return int(summary.split()[1]), summary.rsplit("stopped: ", 1)[1].split()[0], summary
 
     easy = [complete(p) for p in ("The cat sleeps in the", "My brother will find the map next",
                                   "Le professeur est fier le")]

@@ -68,3 +68,6 @@ def build_optimizer(params_or_groups: Iterable[Any], cfg: OptimConfig, *,
     """
     factory = OPTIMIZERS.get(cfg.name)
     return factory(params_or_groups, cfg, **_accepted(factory, {"vocab_size": vocab_size}))
+
+
+import vesper_optim.baselines  # noqa: F401  (registers muon, lion, schedulefree_adamw)

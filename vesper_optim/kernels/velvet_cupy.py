@@ -81,12 +81,23 @@ def _num_blocks(device: torch.device, num_chunks: int) -> int:
     return max(1, min(num_chunks, sms * 8))
 
 
-def _build_table(quads, device: torch.device) -> tuple[torch.Tensor, int, int]:
+def _table_entries(quads, chunk_size: int = CHUNK_SIZE) -> tuple[list[int], int, int]:
+    """(entries, num_tensors, num_chunks) of the multi-tensor chunk table, in pure Python.
+
+    Layout (kernels.cu header): ``p_ptr[T] | g_ptr[T] | m_ptr[T] | v_ptr[T] | numel[T] |
+    chunk_tensor[C] | chunk_start[C]``. Kept apart from the device copy so the host build of
+    kernels.cu (tests/parity/test_kernels_cu_host.py) checks this exact code without a GPU.
+    """
     numels = [q[0].numel() for q in quads]
-    tidx, starts = chunk_table(numels, CHUNK_SIZE)
+    tidx, starts = chunk_table(numels, chunk_size)
     flat = [q[k].data_ptr() for k in range(4) for q in quads] + numels + tidx + starts
+    return flat, len(quads), len(tidx)
+
+
+def _build_table(quads, device: torch.device) -> tuple[torch.Tensor, int, int]:
+    flat, num_tensors, num_chunks = _table_entries(quads)
     table = torch.tensor(flat, dtype=torch.int64).pin_memory().to(device, non_blocking=True)
-    return table, len(quads), len(tidx)
+    return table, num_tensors, num_chunks
 
 
 def velvet_cupy_(

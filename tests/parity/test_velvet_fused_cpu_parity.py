@@ -6,6 +6,7 @@ import pytest
 import torch
 from _velvet_helpers import _velvet_reference_, assert_states_close, run_parity, step_schedule
 
+from vesper_core.errors import ConfigError
 from vesper_optim.kernels.velvet_fused_cpu import clip_grad_scale_, velvet_fused_cpu_
 
 pytestmark = pytest.mark.skipif(not hasattr(torch, "_fused_adamw_"), reason="torch without _fused_adamw_")
@@ -60,7 +61,7 @@ def test_velvet_fused_cpu_grad_scale_is_a_global_clip():
 
 
 def test_velvet_fused_cpu_refuses_sparse():
-    with pytest.raises(ValueError, match="sparse"):
+    with pytest.raises(ConfigError, match="sparse"):
         velvet_fused_cpu_([torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], lr_e=1e-3,
                           beta1_e=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, bias_correction1=0.1,
                           bias_correction2=1e-3, sparse=True)

@@ -14,6 +14,7 @@ triton = pytest.importorskip("triton")
 
 from _velvet_helpers import assert_states_close, run_parity  # noqa: E402
 
+from vesper_core.errors import ConfigError  # noqa: E402
 from vesper_optim.kernels.velvet_triton import velvet_triton_  # noqa: E402
 
 pytestmark = pytest.mark.triton
@@ -54,7 +55,7 @@ def test_velvet_triton_mixed_dtypes_and_strided():
 
 
 def test_velvet_triton_rejects_bad_input():
-    with pytest.raises(TypeError, match="exp_avg"):
+    with pytest.raises(ConfigError, match="exp_avg"):
         velvet_triton_([torch.zeros(3)], [torch.zeros(3)], [torch.zeros(3).double()], [torch.zeros(3)],
                        lr_e=1e-3, beta1_e=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, bias_correction1=0.1,
                        bias_correction2=0.001, sparse=False)

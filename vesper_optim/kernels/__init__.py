@@ -17,6 +17,8 @@ VELVET_SCALARS = (
 )
 
 #: |p| below this counts as an exact zero for sparse-aware groups: the element is left untouched.
+#: The one definition: functional.py and velvet_triton.py import it; kernels.cu's
+#: ``VELVET_SPARSE_THRESHOLD`` must equal it (tests/optim/test_backends.py reads the source).
 SPARSE_THRESHOLD = 1e-9
 
 __all__ = ["VELVET_SCALARS", "SPARSE_THRESHOLD"]

@@ -9,6 +9,8 @@ from typing import Sequence
 
 import torch
 
+from vesper_core.errors import ConfigError
+
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -27,12 +29,14 @@ class VelvetScalars:
     eps: float
     step_size: float      # lr_e / bias_correction1
     inv_sqrt_bc2: float   # 1 / sqrt(bias_correction2)
+    one_minus_beta1: float  # 1 - beta1_e in float64: an f32 kernel forming it from f32(beta1) is
+    one_minus_beta2: float  # off by up to 2^-24 / (1 - beta) relative (1.7e-4 at beta2 = 0.9999)
 
 
 def fold_scalars(*, lr_e: float, beta1_e: float, beta2: float, eps: float, weight_decay: float,
                  bias_correction1: float, bias_correction2: float) -> VelvetScalars:
     if not bias_correction1 > 0.0 or not bias_correction2 > 0.0:
-        raise ValueError(
+        raise ConfigError(
             f"bias corrections must be > 0 (got bias_correction1={bias_correction1!r}, "
             f"bias_correction2={bias_correction2!r}); the step counter must be >= 1 when a kernel runs"
         )
@@ -43,31 +47,35 @@ def fold_scalars(*, lr_e: float, beta1_e: float, beta2: float, eps: float, weigh
         eps=float(eps),
         step_size=float(lr_e) / float(bias_correction1),
         inv_sqrt_bc2=1.0 / math.sqrt(float(bias_correction2)),
+        one_minus_beta1=1.0 - float(beta1_e),
+        one_minus_beta2=1.0 - float(beta2),
     )
 
 
 def check_lists(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                 exp_avgs: Sequence[torch.Tensor], exp_avg_sqs: Sequence[torch.Tensor]) -> None:
+    """ConfigError (never a bare ValueError/TypeError) for inputs a kernel cannot take."""
     n = len(params)
     if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n):
-        raise ValueError(
+        raise ConfigError(
             f"params, grads, exp_avgs, exp_avg_sqs must have the same length "
             f"(got {n}, {len(grads)}, {len(exp_avgs)}, {len(exp_avg_sqs)})"
         )
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         if p.dtype not in KERNEL_DTYPES:
-            raise TypeError(f"param {i}: dtype {p.dtype} not supported (float32, bfloat16, float16)")
+            raise ConfigError(f"param {i}: dtype {p.dtype} not supported (float32, bfloat16, float16); "
+                              f"use the 'foreach' or 'reference' Velvet backend")
         if g.dtype != p.dtype:
-            raise TypeError(f"param {i}: grad dtype {g.dtype} differs from param dtype {p.dtype}")
+            raise ConfigError(f"param {i}: grad dtype {g.dtype} differs from param dtype {p.dtype}")
         if m.dtype != torch.float32 or v.dtype != torch.float32:
-            raise TypeError(f"param {i}: exp_avg/exp_avg_sq must be float32 (got {m.dtype}, {v.dtype})")
+            raise ConfigError(f"param {i}: exp_avg/exp_avg_sq must be float32 (got {m.dtype}, {v.dtype})")
         if not (p.shape == g.shape == m.shape == v.shape):
-            raise ValueError(
+            raise ConfigError(
                 f"param {i}: shapes differ: param {tuple(p.shape)}, grad {tuple(g.shape)}, "
                 f"exp_avg {tuple(m.shape)}, exp_avg_sq {tuple(v.shape)}"
             )
         if not (p.device == g.device == m.device == v.device):
-            raise ValueError(f"param {i}: tensors on different devices ({p.device}, {g.device}, {m.device}, {v.device})")
+            raise ConfigError(f"param {i}: tensors on different devices ({p.device}, {g.device}, {m.device}, {v.device})")
 
 
 def group_by_device_dtype(params, grads, exp_avgs, exp_avg_sqs):

@@ -5,8 +5,11 @@ Why this is exact: the fused AdamW kernel computes, per element,
     p <- p - lr*wd*p ;  m <- lerp(m, g, 1-beta1) ;  v <- beta2*v + (1-beta2)*g^2
     p <- p - (lr / (1-beta1^step)) * m / (sqrt(v) / sqrt(1-beta2^step) + eps)
 
-We call it with ``beta1 = beta1_e`` and a step of 2^30, so that ``beta1^step`` and ``beta2^step``
-underflow to exactly 0 in float64 and both of the kernel's own bias corrections are exactly 1.
+We call it with ``beta1 = beta1_e`` and a step of 2^30, so that both of the kernel's own bias
+corrections, ``1 - beta^step`` in float64, are exactly 1. That holds while ``beta^(2^30) < 2^-54``,
+i.e. for every ``beta < 1 - 54 ln2 / 2^30 = 0.99999996514`` (measured against the kernel: beta2 =
+0.99999996 is exact, 0.99999999 is off by 1e-4): :func:`fused_beta_ok` is that test, which the
+backend declares (``functional.BACKENDS["fused"]``), so Velvet never sends it a beta it cannot run.
 Velvet's corrections (``bc1 = 1 - prod_k beta1_e(k)``, which no fixed-beta1 formula can express,
 and ``bc2``) are folded into the scalars instead::
 
@@ -21,8 +24,9 @@ dtypes: the fused kernel needs moments of the parameter's dtype, but Velvet keep
 bf16/f16 parameters; those groups go through f32 copies of p and g (math in f32, stored back in
 p's dtype, exactly the reference semantics), at the cost of three extra copies.
 
-``sparse=True`` is not supported (AdamW has no per-element skip): it raises ValueError so the
-caller routes sparse-aware groups to the reference / foreach path.
+``sparse=True`` is not supported (AdamW has no per-element skip): the backend declares it, so
+Velvet sends sparse-aware groups elsewhere (auto) or refuses the explicit choice at construction;
+called directly with ``sparse=True`` it raises ConfigError.
 
 ``grad_scale`` (optional, a 1-element f32 tensor): the kernel divides the gradients by it *in
 place* before the math. ``clip_grad_scale_`` below returns such a tensor for a global-norm clip,
@@ -37,10 +41,10 @@ from typing import Sequence
 
 import torch
 
-from vesper_core.errors import BackendUnavailableError
+from vesper_core.errors import BackendUnavailableError, ConfigError
 from vesper_optim.kernels._common import check_lists
 
-#: beta^STEP underflows to exactly 0.0 in float64 for every beta < 0.9999 (0.9999^2^30 = e^-107374).
+#: The step the kernel is told: its bias corrections 1 - beta^STEP are exactly 1.0 (see fused_beta_ok).
 _HUGE_STEP = float(2 ** 30)
 _STEP_TENSORS: dict[torch.device, torch.Tensor] = {}
 
@@ -49,6 +53,15 @@ def fused_cpu_available() -> tuple[bool, str]:
     if not hasattr(torch, "_fused_adamw_"):
         return False, f"torch {torch.__version__} has no torch._fused_adamw_ (needs torch >= 2.4)"
     return True, ""
+
+
+def fused_beta_ok(beta: float) -> bool:
+    """Whether the kernel's own ``1 - beta**2^30`` (float64) is exactly 1.0, so the remap is exact.
+
+    True for 0 <= beta < 0.99999996514 (beta^(2^30) < 2^-54); the test is the kernel's arithmetic.
+    """
+    beta = float(beta)
+    return 0.0 <= beta < 1.0 and 1.0 - beta ** _HUGE_STEP == 1.0
 
 
 def _step_tensor(device: torch.device) -> torch.Tensor:
@@ -62,10 +75,11 @@ def fused_scalars(*, lr_e: float, beta1_e: float, beta2: float, eps: float, weig
                   bias_correction1: float, bias_correction2: float) -> dict:
     """Map Velvet's scalars to ``_fused_adamw_``'s (see module docstring)."""
     if not bias_correction1 > 0.0 or not bias_correction2 > 0.0:
-        raise ValueError(f"bias corrections must be > 0 (got {bias_correction1!r}, {bias_correction2!r})")
-    if not (0.0 <= beta1_e < 0.9999 and 0.0 <= beta2 < 0.9999):
-        # 2^30 steps would not zero beta^step in float64 any more; Velvet clamps beta1_e to 0.999
-        raise ValueError(f"fused CPU path needs beta1_e, beta2 in [0, 0.9999) (got {beta1_e!r}, {beta2!r})")
+        raise ConfigError(f"bias corrections must be > 0 (got {bias_correction1!r}, {bias_correction2!r})")
+    for name, beta in (("beta1_e", beta1_e), ("beta2", beta2)):
+        if not fused_beta_ok(beta):
+            raise ConfigError(f"the 'fused' Velvet backend cannot represent {name}={beta!r} (needs 0 <= beta < "
+                              f"0.99999996); use the 'foreach' backend")
     sqrt_bc2 = math.sqrt(bias_correction2)
     lr_f = lr_e * sqrt_bc2 / bias_correction1
     wd_f = (weight_decay * lr_e / lr_f) if lr_f != 0.0 else 0.0
@@ -92,11 +106,11 @@ def velvet_fused_cpu_(
     """In-place Velvet update via ``torch._fused_adamw_`` (one call for all f32 params).
 
     ``grad_scale``: optional 1-element f32 tensor; grads are divided by it in place first.
-    Raises ValueError for ``sparse=True`` (use the reference for sparse-aware groups).
+    Raises ConfigError for ``sparse=True`` (use the foreach/reference backend for sparse groups).
     """
     if sparse:
-        raise ValueError("velvet_fused_cpu_ does not implement sparse-aware updates (|p| < 1e-9 skipped); "
-                         "route sparse param groups to the reference backend")
+        raise ConfigError("the 'fused' Velvet backend has no sparse-aware update (structural zeros left "
+                          "untouched); use the 'foreach' backend for sparse param groups")
     ok, reason = fused_cpu_available()
     if not ok:
         raise BackendUnavailableError(f"velvet backend 'fused' unavailable: {reason}")

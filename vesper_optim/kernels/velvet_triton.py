@@ -10,7 +10,9 @@ elements. Math in f32; the parameter is stored back in its own dtype; ``m``/``v`
 
 Semantics (the spec is the pure-torch reference): ``p <- p*(1-lr_e*wd)``, ``m <- b1*m + (1-b1)*g``,
 ``v <- b2*v + (1-b2)*g^2``, ``p <- p - (lr_e/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)``; with
-``sparse=True`` elements whose |p| < 1e-9 are not touched at all (no decay, moments unchanged).
+``sparse=True`` elements whose |p| < ``SPARSE_THRESHOLD`` are not touched at all (no decay, moments
+unchanged). ``1 - b1`` and ``1 - b2`` arrive from the host (float64, then f32), like the reference's
+scalars: formed in f32 from f32(beta) they would be off by up to 2^-24/(1 - beta) relative.
 All scalars arrive already scaled; the kernel never re-applies entropy/perplexity scales
 (upstream BUG-1/BUG-2) and ``sparse`` now skips like the CUDA kernel did (upstream BUG-4).
 
@@ -26,7 +28,8 @@ from typing import Sequence
 
 import torch
 
-from vesper_core.errors import BackendUnavailableError
+from vesper_core.errors import BackendUnavailableError, ConfigError
+from vesper_optim.kernels import SPARSE_THRESHOLD
 from vesper_optim.kernels._common import (
     ContiguousView,
     TableCache,
@@ -51,6 +54,7 @@ GPU_BLOCK = 2048
 INTERPRETER_BLOCK = 8192
 
 if triton is not None:
+    _SPARSE_THRESHOLD: tl.constexpr = tl.constexpr(SPARSE_THRESHOLD)
 
     @triton.jit
     def _velvet_multi_tensor_kernel(
@@ -60,6 +64,8 @@ if triton is not None:
         decay,                  # f32 1 - lr_e*wd
         beta1,                  # f32 beta1_e
         beta2,                  # f32
+        one_minus_beta1,        # f32 1 - beta1_e (formed in f64 on the host)
+        one_minus_beta2,        # f32 1 - beta2 (formed in f64 on the host)
         eps,                    # f32
         step_size,              # f32 lr_e / bc1
         inv_sqrt_bc2,           # f32 1 / sqrt(bc2)
@@ -86,11 +92,11 @@ if triton is not None:
         v = tl.load(v_ptr + offs, mask=mask, other=0.0)
         if SPARSE:
             # untouched elements are simply not stored: no decay, m and v unchanged
-            mask = mask & (tl.abs(p) >= 1e-9)
+            mask = mask & (tl.abs(p) >= _SPARSE_THRESHOLD)
 
         p = p * decay
-        m = beta1 * m + (1.0 - beta1) * g
-        v = beta2 * v + (1.0 - beta2) * g * g
+        m = beta1 * m + one_minus_beta1 * g
+        v = beta2 * v + one_minus_beta2 * g * g
         denom = tl.sqrt(v) * inv_sqrt_bc2 + eps
         p = p - step_size * (m / denom)
 
@@ -163,7 +169,7 @@ def velvet_triton_(
                      bias_correction1=bias_correction1, bias_correction2=bias_correction2)
     block = int(block_size or (INTERPRETER_BLOCK if _interpreting() else GPU_BLOCK))
     if block & (block - 1):
-        raise ValueError(f"block_size must be a power of two (got {block})")
+        raise ConfigError(f"block_size must be a power of two (got {block})")
 
     for (device, dtype), quads in group_by_device_dtype(params, grads, exp_avgs, exp_avg_sqs).items():
         view = ContiguousView(quads)
@@ -173,7 +179,8 @@ def velvet_triton_(
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             _velvet_multi_tensor_kernel[(num_chunks,)](
                 table, num_tensors, num_chunks,
-                s.decay, s.beta1, s.beta2, s.eps, s.step_size, s.inv_sqrt_bc2,
+                s.decay, s.beta1, s.beta2, s.one_minus_beta1, s.one_minus_beta2, s.eps, s.step_size,
+                s.inv_sqrt_bc2,
                 P_DTYPE=_TL_DTYPES[dtype], SPARSE=bool(sparse), BLOCK=block,
                 num_warps=4 if block <= 2048 else 8,
             )
@@ -185,7 +192,7 @@ def compile_specs():
     if triton is None:
         return []
     sig = {"table_ptr": "*i64", "num_tensors": "i32", "num_chunks": "i32", "decay": "fp32", "beta1": "fp32",
-           "beta2": "fp32", "eps": "fp32", "step_size": "fp32", "inv_sqrt_bc2": "fp32",
+           "beta2": "fp32", "one_minus_beta1": "fp32", "one_minus_beta2": "fp32", "eps": "fp32", "step_size": "fp32", "inv_sqrt_bc2": "fp32",
            "P_DTYPE": "constexpr", "SPARSE": "constexpr", "BLOCK": "constexpr"}
     specs = []
     for name, dt in (("f32", tl.float32), ("bf16", tl.bfloat16), ("f16", tl.float16)):

@@ -24,7 +24,7 @@ def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float) -> torch.Te
 
     If ``max_norm > 0`` and ``norm > max_norm``, every gradient is multiplied by
     ``max_norm / (norm + 1e-6)``; otherwise gradients are left bit-for-bit untouched.
-    The norm is accumulated in f32 and returned as a 0-dim f32 tensor on the first gradient's
+    The norm is accumulated in f32 (f64 gradients: in f64, then rounded) and returned as a 0-dim f32 tensor on the first gradient's
     device. No host sync: the decision is a ``torch.where`` on device.
     """
     if isinstance(params, torch.Tensor):
@@ -35,7 +35,10 @@ def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float) -> torch.Te
     first = next(iter(grouped))
     per_device = []
     for grads in grouped.values():
-        norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+        narrow = [g for g in grads if g.dtype != torch.float64]
+        wide = [g for g in grads if g.dtype == torch.float64]  # f64 cannot be reduced "into" f32
+        norms = list(torch._foreach_norm(narrow, 2, dtype=torch.float32)) if narrow else []
+        norms += [n.float() for n in torch._foreach_norm(wide, 2)] if wide else []
         per_device.append(torch.linalg.vector_norm(torch.stack(norms)).to(first))
     total = torch.linalg.vector_norm(torch.stack(per_device))
     if max_norm > 0:

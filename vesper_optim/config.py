@@ -1,16 +1,29 @@
-"""OptimConfig: every optimizer and LR-schedule setting, validated on creation."""
+"""OptimConfig: every optimizer and LR-schedule setting, validated on creation.
+
+Errors name the command-line flag (``--entropy-target``), since that is what a user typed; a
+YAML run file uses the same names (``entropy_target: 0.6``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from vesper_core.errors import ConfigError, UnknownNameError
 from vesper_optim import functional
 from vesper_optim.schedules import SCHEDULES
-from vesper_optim.signals import DEFAULT_BOUNDS
-from vesper_optim.velvet import check_hyperparameters
+from vesper_optim.signals import RULE_FIELDS, VELVET_RULES, VelvetRules, validate_rule_field
+
+_FLAG_NAMES = {"name": "--optimizer"}
+_PAIR_FIELDS = ("entropy_bounds", "perplexity_bounds", "beta1_range")
+_LEGACY_KEYS = {"scale_bounds": ("entropy_bounds", "perplexity_bounds")}  # one clamp for both scales
+
+
+def flag(field_name: str) -> str:
+    """The command-line flag of an OptimConfig field."""
+    return _FLAG_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
 
 
 @dataclass(kw_only=True, slots=True)
@@ -35,10 +48,8 @@ class OptimConfig:
     """Velvet: scale beta1 by the perplexity scale s_p."""
     sparse_aware: bool = False
     """Velvet: keep structural zeros of ``sparse=True`` groups at zero."""
-    scale_bounds: tuple[float, float] = DEFAULT_BOUNDS
-    """Clamp (lo, hi) of both Velvet scales."""
     backend: str = "auto"
-    """Velvet kernel backend: "auto", "reference", "foreach" or a registered one."""
+    """Velvet kernel backend: "auto", "reference", "foreach", "fused", "triton", "cupy" or a plugin."""
     lr_schedule: str = "constant"
     """"constant" or "cosine" (to ``min_lr_ratio * lr`` at the run's last step)."""
     warmup_steps: int = 0
@@ -46,60 +57,102 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     """Final LR of the cosine schedule as a fraction of ``lr``."""
 
+    # -- Velvet's adaptive rules: a preset, then per-field overrides (None: the preset's value) --
+    velvet_rules: str = "default"
+    """Preset of Velvet's rules (vesper_optim.signals.VELVET_RULES): default, upstream, upstream_rust, ..."""
+    entropy_signal: str | None = None
+    """What drives the entropy scale: "loss" or "logits" (the logits' mean normalised entropy)."""
+    entropy_target: float | None = None
+    """Normalised entropy at which the LR scale is 1 (upstream 0.5)."""
+    entropy_bounds: tuple[float, float] | None = None
+    """Clamp (lo, hi) of the LR scale s_e (upstream (0.7, 1.3))."""
+    perplexity_target: float | None = None
+    """Perplexity at which the beta1 scale is 1 (upstream 40)."""
+    perplexity_bounds: tuple[float, float] | None = None
+    """Clamp (lo, hi) of the beta1 scale s_p (upstream (0.7, 1.3))."""
+    beta1_range: tuple[float, float] | None = None
+    """Clamp (lo, hi) of the perplexity-guided beta1 (upstream (0.5, 0.999))."""
+    max_log_perplexity: float | None = None
+    """Cap on the loss inside exp() for the perplexity (upstream 20)."""
+    lr_combine: str | None = None
+    """How the LR scale combines with the schedule: "multiply" (upstream)."""
+
     def __post_init__(self) -> None:
-        if not isinstance(self.scale_bounds, tuple):
-            try:
-                self.scale_bounds = tuple(self.scale_bounds)
-            except TypeError:
-                raise ConfigError(f"OptimConfig.scale_bounds: expected (lo, hi), got {self.scale_bounds!r}") from None
-        try:
-            check_hyperparameters(
-                lr=self.lr, betas=(self.beta1, self.beta2), eps=self.eps,
-                weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm,
-                entropy_adaptive=self.entropy_adaptive, perplexity_guided=self.perplexity_guided,
-                sparse_aware=self.sparse_aware, scale_bounds=self.scale_bounds,
-            )
-        except ConfigError as exc:
-            raise ConfigError(f"OptimConfig: {exc}") from None
+        _check(self.lr, "lr", lambda x: math.isfinite(x) and x >= 0, "a finite number >= 0")
+        for name in ("beta1", "beta2"):
+            _check(getattr(self, name), name, lambda b: 0.0 <= b < 1.0, "a number in [0, 1)")
+        _check(self.eps, "eps", lambda x: math.isfinite(x) and x >= 0, "a finite number >= 0")
+        _check(self.weight_decay, "weight_decay", lambda x: math.isfinite(x) and x >= 0, "a finite number >= 0")
+        _check(self.max_grad_norm, "max_grad_norm", lambda x: math.isfinite(x) and x >= 0,
+               "a finite number >= 0 (0 disables clipping)")
+        for name in ("entropy_adaptive", "perplexity_guided", "sparse_aware"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{flag(name)} must be true or false, got {getattr(self, name)!r}")
         self._check_names()
         if self.lr_schedule not in SCHEDULES:
-            raise ConfigError(f"OptimConfig.lr_schedule: unknown {self.lr_schedule!r}; choices: "
-                              f"{', '.join(SCHEDULES)}")
+            raise ConfigError(f"{flag('lr_schedule')}: unknown {self.lr_schedule!r}; choices: {', '.join(SCHEDULES)}")
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ConfigError(f"OptimConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
-        if isinstance(self.min_lr_ratio, bool) or not isinstance(self.min_lr_ratio, (int, float)) \
-                or not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"OptimConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+            raise ConfigError(f"{flag('warmup_steps')} must be an integer >= 0, got {self.warmup_steps!r}")
+        _check(self.min_lr_ratio, "min_lr_ratio", lambda x: 0.0 <= x <= 1.0, "a number in [0, 1]")
+        for name in RULE_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                value = validate_rule_field(name, value, flag(name))
+                setattr(self, name, value)  # pairs normalised to tuples
 
     def _check_names(self) -> None:
         from vesper_optim.registry import OPTIMIZERS  # registry imports this module
 
-        for field_name, registry in (("name", OPTIMIZERS), ("backend", functional.BACKENDS)):
+        for field_name, registry in (("name", OPTIMIZERS), ("backend", functional.BACKENDS),
+                                     ("velvet_rules", VELVET_RULES)):
             value = getattr(self, field_name)
             if field_name == "backend" and value == "auto":
                 continue
             if not isinstance(value, str):
-                raise ConfigError(f"OptimConfig.{field_name} must be a string, got {value!r}")
+                raise ConfigError(f"{flag(field_name)} must be a name, got {value!r}")
             try:
                 registry.resolve(value)
             except UnknownNameError as exc:
-                raise ConfigError(f"OptimConfig.{field_name}: {exc}") from None
+                raise ConfigError(f"{flag(field_name)}: {exc}") from None
 
     @property
     def betas(self) -> tuple[float, float]:
         return (self.beta1, self.beta2)
 
+    def rules(self) -> VelvetRules:
+        """Velvet's rules: the ``velvet_rules`` preset with every field set here (not None) replaced."""
+        changes = {name: getattr(self, name) for name in RULE_FIELDS if getattr(self, name) is not None}
+        return VelvetRules.preset(self.velvet_rules).replace(**changes)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-friendly dict (tuples become lists)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["scale_bounds"] = list(self.scale_bounds)
+        for name in _PAIR_FIELDS:
+            if out[name] is not None:
+                out[name] = list(out[name])
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "OptimConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error listing the valid ones."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error listing the valid ones.
+
+        Reads older configs too: ``scale_bounds`` (one clamp for both scales) sets entropy_bounds
+        and perplexity_bounds where those are not given.
+        """
+        data = dict(data)
+        for old, new_names in _LEGACY_KEYS.items():
+            if old in data:
+                value = data.pop(old)
+                for new in new_names:
+                    if data.get(new) is None:
+                        data[new] = value
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(valid))
         if unknown:
-            raise ConfigError(f"unknown OptimConfig key(s) {unknown}; valid keys: {', '.join(valid)}")
+            raise ConfigError(f"unknown optimizer setting(s) {unknown}; valid: {', '.join(valid)}")
         return cls(**data)
+
+
+def _check(value: Any, field_name: str, ok, need: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(float(value)):
+        raise ConfigError(f"{flag(field_name)} must be {need}, got {value!r}")

@@ -27,11 +27,12 @@ def _tensors(params: list[Any]) -> list[torch.Tensor]:
 
 @OPTIMIZERS.register("velvet")
 def make_velvet(params: Iterable[Any], cfg: OptimConfig, *, vocab_size: int | None = None) -> Velvet:
+    """Velvet with every setting of ``cfg``, its rules included (``cfg.rules()``: preset + overrides)."""
     return Velvet(
         params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, entropy_adaptive=cfg.entropy_adaptive,
         perplexity_guided=cfg.perplexity_guided, sparse_aware=cfg.sparse_aware,
-        scale_bounds=cfg.scale_bounds, vocab_size=vocab_size, backend=cfg.backend,
+        rules=cfg.rules(), vocab_size=vocab_size, backend=cfg.backend,
     )
 
 

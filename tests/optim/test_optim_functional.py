@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from vesper_core.errors import BackendUnavailableError, UnknownNameError
+from vesper_core.errors import BackendUnavailableError, ConfigError, UnknownNameError
 from vesper_optim import Velvet
 from vesper_optim import functional as F
 
@@ -160,7 +160,7 @@ def test_params_with_different_step_counts_get_their_own_bias_correction(backend
     assert torch.equal(a, a2) and torch.equal(b, b2)
 
 
-def test_backend_without_sparse_support_routes_sparse_groups_to_reference():
+def test_backend_without_sparse_support_explicit_refused_auto_falls_through(monkeypatch):
     calls = []
 
     def dense_only(params, grads, exp_avgs, exp_avg_sqs, *, sparse, **kw):
@@ -168,13 +168,21 @@ def test_backend_without_sparse_support_routes_sparse_groups_to_reference():
         assert not sparse
         F._foreach_velvet(params, grads, exp_avgs, exp_avg_sqs, sparse=sparse, **kw)
 
+    monkeypatch.delenv(F.ENV_VAR, raising=False)
     F.BACKENDS.register("test_dense_only", F.VelvetBackend("test_dense_only", dense_only,
                                                           supports_sparse=False))
     try:
         w = torch.nn.Parameter(torch.tensor([0.0, 1.0]))
         d = torch.nn.Parameter(torch.tensor([0.0, 1.0]))
-        opt = Velvet([{"params": [w], "sparse": True}, {"params": [d]}], sparse_aware=True,
-                     entropy_adaptive=False, backend="test_dense_only")
+        def groups():  # torch writes the defaults into the dicts it is given
+            return [{"params": [w], "sparse": True}, {"params": [d]}]
+
+        with pytest.raises(ConfigError, match=r"'test_dense_only' cannot run param group 0: .*sparse-aware.*'foreach'"):
+            Velvet(groups(), sparse_aware=True, backend="test_dense_only")
+        Velvet(groups(), sparse_aware=False, backend="test_dense_only")  # no sparse group without the flag
+        monkeypatch.setattr(F, "AUTO_ORDER", ("test_dense_only", "foreach"))
+        opt = Velvet(groups(), sparse_aware=True, entropy_adaptive=False)
+        assert opt.backends() == ["foreach", "test_dense_only"]
         w.grad, d.grad = torch.ones(2), torch.ones(2)
         opt.step()
     finally:

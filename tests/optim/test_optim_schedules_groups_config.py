@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from vesper_core.errors import ConfigError
-from vesper_optim import (OPTIMIZERS, OptimConfig, Velvet, build_optimizer, build_param_groups,
-                          lr_at, set_lr)
+from vesper_optim import (OPTIMIZERS, OptimConfig, Velvet, VelvetRules, build_optimizer,
+                          build_param_groups, lr_at, set_lr)
 
 
 def test_warmup_starts_above_zero_and_reaches_base():
@@ -71,21 +71,25 @@ def test_build_param_groups_counts():
 
 def test_optim_config_defaults_round_trip_and_errors():
     cfg = OptimConfig()
-    assert (cfg.name, cfg.lr, cfg.betas, cfg.scale_bounds) == ("velvet", 3e-4, (0.9, 0.999), (0.7, 1.3))
-    data = OptimConfig(lr=1e-3, lr_schedule="cosine", warmup_steps=5).to_dict()
-    assert data["scale_bounds"] == [0.7, 1.3]
-    assert OptimConfig.from_dict(data) == OptimConfig(lr=1e-3, lr_schedule="cosine", warmup_steps=5)
-    with pytest.raises(ConfigError, match="valid keys: name, lr"):
+    assert (cfg.name, cfg.lr, cfg.betas, cfg.velvet_rules) == ("velvet", 3e-4, (0.9, 0.999), "default")
+    assert cfg.rules() == VelvetRules.preset("default")
+    custom = OptimConfig(lr=1e-3, lr_schedule="cosine", warmup_steps=5, entropy_bounds=[0.5, 2.0])
+    data = custom.to_dict()
+    assert data["entropy_bounds"] == [0.5, 2.0] and data["perplexity_bounds"] is None
+    assert OptimConfig.from_dict(data) == custom
+    with pytest.raises(ConfigError, match="valid: name, lr"):
         OptimConfig.from_dict({"learning_rate": 1.0})
-    for kwargs, message in [({"lr": -1.0}, "learning rate"), ({"beta2": 1.0}, "index 1"),
-                            ({"name": "adamx"}, "OptimConfig.name.*adamw"),
-                            ({"backend": "trition"}, "OptimConfig.backend"),
-                            ({"lr_schedule": "step"}, "lr_schedule"),
-                            ({"warmup_steps": -1}, "warmup_steps"),
-                            ({"min_lr_ratio": 2.0}, "min_lr_ratio"),
-                            ({"scale_bounds": (2.0, 1.0)}, "scale_bounds")]:
-        with pytest.raises(ConfigError, match=message):
+    for kwargs, message in [({"lr": -1.0}, "--lr must be a finite number >= 0, got -1.0"),
+                            ({"beta2": 1.0}, "--beta2 must be a number in"),
+                            ({"name": "adamx"}, "--optimizer: .*adamw"),
+                            ({"backend": "trition"}, "--backend: .*triton"),
+                            ({"lr_schedule": "step"}, "--lr-schedule"),
+                            ({"warmup_steps": -1}, "--warmup-steps"),
+                            ({"min_lr_ratio": 2.0}, "--min-lr-ratio"),
+                            ({"entropy_adaptive": "yes"}, "--entropy-adaptive must be true or false")]:
+        with pytest.raises(ConfigError, match=message) as err:
             OptimConfig(**kwargs)
+        assert "OptimConfig" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_registry_and_build_optimizer():

@@ -10,7 +10,7 @@ import torch
 
 from optim_helpers import make_mlp, train
 from vesper_core.errors import ConfigError, UnknownNameError, VesperError
-from vesper_optim import Velvet
+from vesper_optim import Velvet, VelvetRules
 
 BACKENDS = ["reference", "foreach"]
 LOSSES = [7.5, 5.2, 4.4, 3.9, 3.7, 3.65, 3.5, 3.2]  # walks both scales through their ranges
@@ -127,16 +127,21 @@ def test_setstate_backfills_new_keys():
     opt = _velvet(model.parameters(), "foreach")
     train(model, opt, 1, losses=LOSSES)
     sd = opt.state_dict()
+    rule_keys = list(VelvetRules.preset("default").to_dict())
     for group in sd["param_groups"]:
-        for key in ("entropy_scale", "ppl_scale", "grad_norm", "sparse", "scale_bounds"):
+        for key in ("entropy_scale", "ppl_scale", "grad_norm", "sparse", *rule_keys):
             del group[key]
+        group["scale_bounds"] = [0.6, 1.4]  # a checkpoint from before the two bounds (lists: via JSON)
     for state in sd["state"].values():
         del state["beta1_prod"]
-    opt2 = _velvet(model.parameters(), "foreach")
+    opt2 = Velvet(model.parameters(), lr=1e-2, vocab_size=VOCAB, rules="upstream_rust", backend="foreach")
     opt2.load_state_dict(sd)
     g = opt2.param_groups[0]
     assert (g["entropy_scale"], g["ppl_scale"], g["grad_norm"], g["sparse"]) == (1.0, 1.0, 0.0, False)
-    assert g["scale_bounds"] == (0.7, 1.3)
+    assert "scale_bounds" not in g
+    assert g["entropy_bounds"] == g["perplexity_bounds"] == (0.6, 1.4)
+    default = VelvetRules.preset("default")  # other rules: the default preset, not the constructor's
+    assert (g["entropy_target"], g["beta1_range"]) == (default.entropy_target, default.beta1_range)
     first = next(iter(model.parameters()))
     assert opt2.state[first]["beta1_prod"].item() == pytest.approx(0.9, rel=1e-12)
 
@@ -256,7 +261,8 @@ def test_set_signals_stores_one_when_feature_off_and_handles_nan():
     ({"weight_decay": -0.1}, "Invalid weight_decay value: -0.1"),
     ({"max_grad_norm": -1.0}, "Invalid max_grad_norm value: -1.0"),
     ({"entropy_adaptive": "yes"}, "Invalid entropy_adaptive value"),
-    ({"scale_bounds": (1.3, 0.7)}, "Invalid scale_bounds"),
+    ({"scale_bounds": (1.3, 0.7)}, "scale_bounds must satisfy 0 < lo <= hi"),
+    ({"rules": {"entropy_target": 0.0}}, "entropy_target must be a finite number > 0"),
     ({"vocab_size": 1}, "Invalid vocab_size: 1"),
 ])
 def test_hyperparameter_validation(kwargs, message):

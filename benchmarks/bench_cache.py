@@ -11,7 +11,8 @@
    a smaller file (goal: well under 1 GB).
 
 Generated files live in ``--workdir`` (not committed) and are deleted unless ``--keep``.
-Results are printed and saved to benchmarks/results/bench_cache.json.
+Results are printed and saved to benchmarks/results/bench_cache.json (schema: benchmarks/_results.py),
+one row per part (build, open, streaming, and one per loader-only epoch chunk size).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -32,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _results import write_results  # noqa: E402
 from vesper_data.cache import TokenCache, build_cache  # noqa: E402
 from vesper_data.cache.format import CacheHeader  # noqa: E402
 from vesper_data.sources import split_text  # noqa: E402
@@ -173,25 +174,33 @@ def main() -> None:
     parser.add_argument("--full-epoch-mb", type=int, default=128)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vesper_bench"))
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     block = synthetic_block()
+    rows = []
     try:
-        results = {"machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
-                               "platform": platform.platform()}}
-        results["build"] = bench_build(args.workdir, block, args.build_mb)
-        print(json.dumps(results["build"]), flush=True)
-        results["open"] = bench_open(args.workdir, args.cache_gb)
-        print(json.dumps(results["open"]), flush=True)
-        results["streaming"] = bench_stream(args.workdir, block, args.stream_gb, args.full_epoch_mb)
-        print(json.dumps(results["streaming"]), flush=True)
+        build = bench_build(args.workdir, block, args.build_mb)
+        print(json.dumps(build), flush=True)
+        rows.append({"part": "build", **build})
+        opened = bench_open(args.workdir, args.cache_gb)
+        print(json.dumps(opened), flush=True)
+        rows.append({"part": "open", **opened})
+        stream = bench_stream(args.workdir, block, args.stream_gb, args.full_epoch_mb)
+        print(json.dumps(stream), flush=True)
+        epochs = stream.pop("full_epoch_loader_only")
+        rows.append({"part": "streaming_train", **stream})
+        for name, epoch in epochs.items():
+            rows.append({"part": "streaming_epoch_loader_only", "chunk_mib": int(name.split("_")[1]),
+                         "file_mib": stream["full_epoch_file_mib"], **epoch})
     finally:
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
-    out = ROOT / "benchmarks" / "results" / "bench_cache.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"saved {out}")
+    if not args.no_save:
+        notes = ["build: best of 2 runs each; ratio = cache build tokens/s over the raw encode_batch + tofile floor",
+                 "open: 5 opens of a random-token cache, median and first; peak RSS from wait4's rusage of the child"]
+        path = write_results("cache", rows, notes=notes, computed=["ratio"], device="cpu", stem="bench_cache")
+        print(f"saved {path}")
 
 
 if __name__ == "__main__":

@@ -9,18 +9,19 @@ path is ``vesper_core.generation.generate(..., use_cache=True)``; without the ca
 re-runs the whole sequence. When ``transformers`` is importable, a GPT2LMHeadModel with the same
 layers, heads, width, FFN width and vocabulary is timed with ``generate(do_sample=False,
 use_cache=True)`` (GPT-2 has a plain GELU MLP where VesperLM has a GLU + FlyLoRA, so it has fewer
-parameters; both counts are printed). Writes one JSON row to benchmarks/results/.
+parameters; both counts are printed). Results: benchmarks/results/bench_generation_<device>.json
+(schema: benchmarks/_results.py), one row per model and cache setting.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
 
-from _results import environment, save_result
+from _results import device_name as describe_device
+from _results import write_results
 from vesper_core.generation import generate
 from vesper_core.model import VesperLM
 from vesper_core.presets import model_config
@@ -106,8 +107,7 @@ def main() -> None:
     vesper = bench_vesper(args, device)
     ratio = vesper["cache"]["tokens_per_sec"] / vesper["no_cache"]["tokens_per_sec"]
     hf = bench_hf(args, device, vesper["config"])
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    device_name = describe_device(device)
 
     print(f"device {device_name}, torch {torch.__version__}")
     print(f"VesperLM {args.preset} ({vesper['params'] / 1e6:.2f}M params, vocab {args.vocab}), "
@@ -123,11 +123,25 @@ def main() -> None:
               f"KV cache) {hf['tokens_per_sec']:9.1f} tok/s; Vesper/HF = "
               f"{vesper['cache']['tokens_per_sec'] / hf['tokens_per_sec']:.2f}x")
 
-    row = {"benchmark": "generation", **environment(device_name),
-           "preset": args.preset, "vocab": args.vocab, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-           "vesper": vesper, "cache_speedup": ratio, "hf_gpt2": hf}
+    common = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "vocab": args.vocab, "batch": 1}
+    rows = [{"model": f"vesper_{args.preset}", "kv_cache": True, "params": vesper["params"], **common,
+             **vesper["cache"], "speedup_vs_no_cache": ratio,
+             "matches_full_forward_greedy": vesper["cache_matches_full_forward"]},
+            {"model": f"vesper_{args.preset}", "kv_cache": False, "params": vesper["params"], **common,
+             **vesper["no_cache"]}]
+    if hf is not None:
+        rows.append({"model": "hf_gpt2_same_shape", "kv_cache": True, "params": hf["params"], **common,
+                     "seconds": hf["seconds"], "tokens_per_sec": hf["tokens_per_sec"],
+                     "transformers": hf["transformers"],
+                     "vesper_cache_vs_this": vesper["cache"]["tokens_per_sec"] / hf["tokens_per_sec"]})
+    notes = [f"random-init weights, greedy, exactly new_tokens tokens, best of {args.repeats} after one warm-up",
+             f"VesperLM config {vesper['config']}; GPT-2 has a plain GELU MLP (fewer parameters)"]
+    if hf is None:
+        notes.append("transformers not installed: no HF comparison")
     if not args.no_save:
-        path = save_result(f"bench_generation_{device.type}", row)
+        computed = ["tokens_per_sec", "speedup_vs_no_cache"] + (["vesper_cache_vs_this"] if hf is not None else [])
+        path = write_results("generation", rows, notes=notes, computed=computed, device=device,
+                             stem=f"bench_generation_{device.type}")
         print(f"wrote {path}")
 
 

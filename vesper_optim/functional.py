@@ -215,7 +215,7 @@ def _batches(params: Sequence[Tensor]) -> list[list[int]]:
     On CPU a chain covers at most ``CPU_BATCH_ELEMENTS`` elements (a tensor larger than that goes
     alone), so its temporaries stay cache-resident and come from the allocator's free lists:
     one chain over all 23.6M parameters of the benchmark was ~2-3x slower than 256K-element
-    chains (benchmarks/bench_optimizer_cpu.py, 2-core Xeon). Other devices take one chain.
+    chains (measured with the old bench_optimizer_cpu.py, 2-core Xeon). Other devices take one chain.
     """
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
     for i, p in enumerate(params):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Compile every Vesper GPU kernel without a GPU; exit non-zero if any fails.
 
-* Triton kernels (Velvet, ERA, cross-entropy): ``triton.compile`` for ``GPUTarget("cuda", 90, 32)``
+* Triton kernels (Velvet, ERA): ``triton.compile`` for ``GPUTarget("cuda", 90, 32)``
   (H100), which runs the real lowering down to a cubin.
 * ``vesper_optim/kernels/kernels.cu`` (CuPy RawModule source): ``nvcc -cubin`` for sm_80 and sm_90.
 
@@ -29,7 +29,6 @@ CUDA_ARCHS = ("sm_80", "sm_90")
 TRITON_MODULES = (
     "vesper_optim.kernels.velvet_triton",
     "vesper_core.kernels.era_triton",
-    "vesper_core.kernels.cross_entropy_triton",
 )
 
 

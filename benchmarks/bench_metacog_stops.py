@@ -27,8 +27,8 @@ from collections import Counter
 from pathlib import Path
 
 from _results import environment, save_result
-from vesper_cli.generation import SamplingConfig, load_generator
-from vesper_cli.metacog_generation import MetacogSummary, metacog_stream, sentence_ends
+from vesper_cli.engine.generation import SamplingConfig, load_generator
+from vesper_cli.engine.metacog_generation import MetacogSummary, metacog_stream, sentence_ends
 from vesper_data.demo import demo_corpus
 
 HELD_OUT_SEED = 12345

@@ -6,7 +6,7 @@
 Both loops train the same VesperLM config (random init, seed 0) on the built-in demo corpus (byte
 tokens, model vocabulary ``--vocab``) with the same batch, sequence length, dtype (f32, or bf16
 autocast over f32 weights) and torch AdamW, clipping at 1.0. The Vesper side is
-``vesper_cli.training.train`` itself (its observer timestamps each step; checkpoint saving is off
+``vesper_cli.engine.trainer.train`` itself (its observer timestamps each step; checkpoint saving is off
 until the final one, which is outside the timed window). The plain loop is the textbook
 forward / cross-entropy / backward / clip / step / zero_grad. A Velvet run of the Vesper loop is
 timed too. Throughput = tokens of the steps after ``--warmup`` over their wall time; best of
@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from _results import environment, save_result
-from vesper_cli.observer import TrainObserver
-from vesper_cli.run_config import build_run_config
-from vesper_cli.training import autocast_factory, train
+from vesper_cli.engine.observer import TrainObserver
+from vesper_cli.engine.run_config import build_run_config
+from vesper_cli.engine.trainer import autocast_factory, train
 from vesper_core.device import parse_dtype
 from vesper_core.model import VesperLM
 from vesper_core.presets import model_config

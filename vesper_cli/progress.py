@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from vesper_cli.observer import RunInfo, StepMetrics, TrainObserver, TrainResult
+from vesper_cli.engine.observer import RunInfo, StepMetrics, TrainObserver, TrainResult
 from vesper_cli.output import err_console, human_count, info, is_rank_zero, stderr_is_tty
 
 

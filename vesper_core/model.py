@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vesper_core.config import ModelConfig
 from vesper_core.errors import CheckpointError, ConfigError
 from vesper_core.layers import Attention, FlyLoRALinear, GLUFeedForward, MoEFeedForward, RotaryEmbedding
+from vesper_core.kernels.cross_entropy import IGNORE_INDEX, chunked_cross_entropy, normalized_entropy, uses_chunked_loss
 from vesper_core.layers.attention import LayerCache
 
 if TYPE_CHECKING:
@@ -36,9 +38,11 @@ METACOG_PREFIX = "metacog."  # meta head tensors saved in the same file (vesper_
 
 @dataclass
 class ModelOutput:
-    logits: Tensor  # (B, T, V)
+    logits: Tensor | None  # (B, T, V); None when a chunked loss was computed without them
     aux_loss: Tensor | None = None  # MoE load-balancing loss summed over layers; None when dense
     hidden_states: Tensor | None = None  # final normed hidden (B, T, H) when return_hidden
+    loss: Tensor | None = None  # cross-entropy against ``labels`` (mean or sum over non-ignored labels), f32
+    entropy: Tensor | None = None  # detached mean normalised entropy of the predictions, with return_entropy
 
 
 class Block(nn.Module):
@@ -105,12 +109,25 @@ class VesperLM(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     # -- forward -----------------------------------------------------------------------
-    def forward(self, input_ids: Tensor, *, kv_cache: "KVCache | None" = None,
-                return_hidden: bool = False, compute_logits: bool = True) -> ModelOutput:
-        """``compute_logits=False`` skips the LM head (a fused linear + CE loss takes the hidden states)."""
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None, *, kv_cache: "KVCache | None" = None,
+                return_hidden: bool = False, compute_logits: bool | None = None, loss_impl: str = "auto",
+                loss_reduction: str = "mean", return_entropy: bool = False,
+                ignore_index: int = IGNORE_INDEX) -> ModelOutput:
+        """Logits, and with ``labels`` (B, T) the cross-entropy loss computed here.
+
+        ``loss_impl``: ``standard`` (full logits, then CE), ``chunked`` (fused linear + CE over row
+        chunks: the (B*T, V) f32 logits never exist, no logits are returned unless ``compute_logits``)
+        or ``auto`` (chunked from a 32k vocabulary). ``loss_reduction``: ``mean`` over non-ignored
+        labels or ``sum``. ``return_entropy``: also the detached mean normalised entropy of the
+        predictions (Velvet's logits signal), from the same pass. ``compute_logits=False`` without
+        labels skips the LM head (the caller then uses ``hidden_states``).
+        """
         if input_ids.dim() != 2:
             raise ConfigError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
+        if T > self.config.max_position_embeddings and kv_cache is None:
+            raise ConfigError(f"sequence of {T} tokens is longer than the model's context "
+                              f"({self.config.max_position_embeddings}); lower --seq-len")
         start = 0
         if kv_cache is not None:
             kv_cache.check_room(B, T)
@@ -133,9 +150,30 @@ class VesperLM(nn.Module):
             kv_cache.advance(T)
 
         hidden = self.final_norm(x)  # (B, T, H)
-        logits = self.lm_head(hidden) if compute_logits else None  # (B, T, V)
-        return ModelOutput(logits=logits, aux_loss=aux_total,
-                           hidden_states=hidden if (return_hidden or not compute_logits) else None)
+        out = ModelOutput(logits=None, aux_loss=aux_total, hidden_states=hidden if return_hidden else None)
+        if labels is None:
+            if compute_logits is False:
+                out.hidden_states = hidden
+            else:
+                out.logits = self.lm_head(hidden)  # (B, T, V)
+            return out
+        if labels.shape != input_ids.shape:
+            raise ConfigError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, "
+                              f"got {tuple(labels.shape)}")
+        if uses_chunked_loss(loss_impl, self.config.vocab_size):
+            # fused linear + CE (under autocast its matmuls run in the autocast dtype, f32 inside each chunk)
+            result = chunked_cross_entropy(hidden, self.lm_head.weight, labels, ignore_index=ignore_index,
+                                           reduction=loss_reduction, return_entropy=return_entropy)
+            out.loss, out.entropy = result if return_entropy else (result, None)
+            if compute_logits:
+                out.logits = self.lm_head(hidden)
+        else:
+            out.logits = self.lm_head(hidden)  # (B, T, V)
+            out.loss = F.cross_entropy(out.logits.float().flatten(0, 1), labels.flatten(),
+                                       ignore_index=ignore_index, reduction=loss_reduction)
+            if return_entropy:
+                out.entropy = normalized_entropy(out.logits.detach())
+        return out
 
     # -- weights on disk -----------------------------------------------------------------
     def export_state_dict(self) -> dict[str, Tensor]:

@@ -14,20 +14,34 @@ def _flag(name: str) -> str:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    dataset: str | None = None  # a .txt/.jsonl path, or "demo"
-    format: str = "auto"  # auto (by extension), text, jsonl, or a plugin format
-    text_field: str = "text"  # jsonl field holding the document
-    tokenizer: str = "auto"  # auto, byte, a tokenizer.json path, or a Hugging Face id
+    dataset: str | None = None
+    """Training file (.txt, .jsonl, SQuAD .json, .parquet/.arrow), hf:NAME[:CONFIG][@SPLIT], or 'demo'."""
+    format: str = "auto"
+    """Data format: auto (by extension) | text | jsonl | squad | hf, or a plugin format."""
+    text_field: str = "text"
+    """JSONL / HF column holding the document."""
+    tokenizer: str = "auto"
+    """auto | byte | PATH/tokenizer.json | folder | HF hub id."""
     seq_len: int = 512
+    """Tokens per training window."""
     batch_size: int = 4
-    vocab_size: int = 0  # 0: the tokenizer's vocabulary size
+    """Sequences per micro-batch."""
+    vocab_size: int = 0
+    """Model vocabulary, 0 = the tokenizer's."""
     val_dataset: str | None = None
+    """Held-out file for validation loss/perplexity."""
+    val_fraction: float = 0.0
+    """Hold out the last fraction of the token stream for validation (text held in memory), 0 = none."""
     shuffle: bool = True
+    """Visit the windows in a seeded random order each epoch."""
     num_workers: int = 0
-    cache: str | None = None  # a VSPR .bin written by `vesper cache build` (or Rust): train from its memory map
-    streaming: bool = False  # tokenize --dataset chunk by chunk in a background thread (files > memory)
-    chunk_mb: int = 50  # streaming chunk size in MiB
-
+    """Chunks tokenized ahead with --streaming (at least 2)."""
+    cache: str | None = None
+    """Train from a VSPR .bin token cache (`vesper cache build`); --dataset not needed."""
+    streaming: bool = False
+    """Tokenize --dataset chunk by chunk in the background (files larger than memory)."""
+    chunk_mb: int = 50
+    """Streaming chunk size in MiB."""
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "vocab_size", "num_workers", "chunk_mb"):
             value = getattr(self, name)
@@ -38,6 +52,9 @@ class DataConfig:
                 raise ConfigError(f"{_flag(name)} must be positive, got {getattr(self, name)}")
         if self.vocab_size < 0:
             raise ConfigError(f"--vocab-size must be 0 (the tokenizer's size) or positive, got {self.vocab_size}")
+        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) \
+                or not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.num_workers < 0:
             raise ConfigError(f"--num-workers must be 0 or more, got {self.num_workers}")
         for name in ("shuffle", "streaming"):

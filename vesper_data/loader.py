@@ -131,15 +131,36 @@ class BatchLoader:
 
     # -- position ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed}
+        """The exact position, plus the global count of windows consumed in this epoch (all ranks
+        together), so that a run can continue on another batch size or world size."""
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed,
+                "windows_consumed": self.index * self.batch_size * self.world_size,
+                "batch_size": self.batch_size, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where ``state`` was taken (its seed wins over the constructor's)."""
+        """Continue exactly where ``state`` was taken (its seed wins over the constructor's).
+
+        A state taken with another batch size x world size resumes at the same global window when the
+        windows consumed so far are a whole number of this loader's global batches.
+        """
+        if "stream" in state:
+            raise DataError("the checkpoint's data position was saved with --streaming; resume with the same "
+                            "data source (--dataset/--streaming/--cache) as the original run")
         missing = {"epoch", "index", "seed"} - set(state)
         if missing:
             raise DataError(f"data loader state lacks {', '.join(sorted(missing))}; "
                             f"expected keys epoch, index, seed")
         epoch, index, seed = int(state["epoch"]), int(state["index"]), int(state["seed"])
+        saved_layout = (int(state.get("batch_size", self.batch_size)), int(state.get("world_size", self.world_size)))
+        if saved_layout != (self.batch_size, self.world_size):
+            per_step = self.batch_size * self.world_size
+            consumed = int(state.get("windows_consumed", index * saved_layout[0] * saved_layout[1]))
+            if consumed % per_step:
+                raise DataError(
+                    f"cannot resume the data position: {consumed} windows were consumed in this epoch, not a "
+                    f"multiple of the new global batch {per_step} (batch {self.batch_size} x {self.world_size} "
+                    f"ranks); keep --batch-size x ranks equal to the original {saved_layout[0]} x {saved_layout[1]}")
+            index = consumed // per_step
         if epoch < 0 or not 0 <= index <= self.num_batches:
             raise DataError(
                 f"saved data position (epoch {epoch}, batch {index}) does not fit this loader's "

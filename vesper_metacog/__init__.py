@@ -10,11 +10,11 @@ from vesper_metacog.metrics import (CalibrationMeter, auroc, expected_calibratio
                                     reliability_bins)
 from vesper_metacog.regulator import (CandidateScore, MetacognitiveRegulator, MetaWindow,
                                       RegulationDecision, RegulatorStep)
-from vesper_metacog.targets import ERROR_TYPES, MetaTargets, compute_targets
+from vesper_metacog.targets import ERROR_TYPES, MetaTargets, compute_targets, compute_targets_from_hidden
 
 __all__ = [
     "ERROR_TYPES", "CalibrationMeter", "CandidateScore", "MetaHead", "MetaOutput", "MetaTargets",
     "MetaWindow", "MetacogConfig", "MetacognitiveRegulator", "RegulationDecision", "RegulatorStep",
-    "TokenEvent", "auroc", "compute_targets", "expected_calibration_error", "metacog_generate",
+    "TokenEvent", "auroc", "compute_targets", "compute_targets_from_hidden", "expected_calibration_error", "metacog_generate",
     "metacog_loss", "reliability_bins", "sentence_boundary_ids",
 ]

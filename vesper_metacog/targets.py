@@ -32,10 +32,10 @@ import torch
 from torch import Tensor
 
 from vesper_core.errors import ConfigError
+from vesper_core.kernels.cross_entropy import CHUNK_LOGITS_ELEMENTS, IGNORE_INDEX
 
 ERROR_TYPES = ("factual", "logical", "incomplete")
 LOGICAL_MIN_PROB = 0.5
-_CHUNK_ELEMENTS = 1 << 24  # float32 elements per logits chunk (64 MiB)
 
 
 @dataclass
@@ -49,27 +49,51 @@ class MetaTargets:
 @torch.no_grad()
 def compute_targets(logits: Tensor, labels: Tensor, *, eos_id: int | None, horizon: int = 8,
                     topk: int = 10, content_mask: Tensor | None = None,
-                    ignore_index: int = -100) -> MetaTargets:
+                    ignore_index: int = IGNORE_INDEX) -> MetaTargets:
     """Targets for every position of ``logits`` (B, T, V) against ``labels`` (B, T)."""
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ConfigError(
             f"compute_targets needs logits (B, T, V) and labels (B, T), got {tuple(logits.shape)} "
             f"and {tuple(labels.shape)}"
         )
+    B, T, V = logits.shape
+    rows = logits.reshape(B * T, V)
+    return _targets(lambda start, end: rows[start:end], V, labels, eos_id=eos_id, horizon=horizon, topk=topk,
+                    content_mask=content_mask, ignore_index=ignore_index)
+
+
+@torch.no_grad()
+def compute_targets_from_hidden(hidden: Tensor, weight: Tensor, labels: Tensor, *, eos_id: int | None,
+                                horizon: int = 8, topk: int = 10, content_mask: Tensor | None = None,
+                                ignore_index: int = IGNORE_INDEX) -> MetaTargets:
+    """The same targets from the final hidden states (B, T, H) and the LM head ``weight`` (V, H).
+
+    The logits are computed one row chunk at a time, so the (B*T, V) logits of a large vocabulary
+    never exist at once (the training path with the chunked loss has no logits).
+    """
+    if hidden.dim() != 3 or labels.shape != hidden.shape[:2] or weight.shape[-1] != hidden.shape[-1]:
+        raise ConfigError(f"compute_targets_from_hidden needs hidden (B, T, H), weight (V, H) and labels (B, T), "
+                          f"got {tuple(hidden.shape)}, {tuple(weight.shape)}, {tuple(labels.shape)}")
+    rows = hidden.reshape(-1, hidden.shape[-1])
+    return _targets(lambda start, end: rows[start:end] @ weight.t(), weight.shape[0], labels, eos_id=eos_id,
+                    horizon=horizon, topk=topk, content_mask=content_mask, ignore_index=ignore_index)
+
+
+def _targets(row_logits, V: int, labels: Tensor, *, eos_id: int | None, horizon: int, topk: int,
+             content_mask: Tensor | None, ignore_index: int) -> MetaTargets:
     if horizon < 1 or topk < 1:
         raise ConfigError(f"compute_targets: horizon and topk must be >= 1, got {horizon}, {topk}")
-    B, T, V = logits.shape
+    B, T = labels.shape
     mask = labels != ignore_index  # (B, T)
     safe_labels = torch.where(mask, labels, torch.zeros_like(labels)).long()  # (B, T)
 
-    top1, max_prob, label_rank_ok = _row_stats(logits.reshape(B * T, V), safe_labels.reshape(-1),
-                                               min(topk, V))
+    top1, max_prob, label_rank_ok = _row_stats(row_logits, B * T, V, safe_labels.reshape(-1), min(topk, V))
     top1, max_prob, in_topk = (x.view(B, T) for x in (top1, max_prob, label_rank_ok))
 
     correct = (top1 == safe_labels) & mask  # (B, T)
     factual = ~in_topk & mask
     if content_mask is not None:
-        factual &= content_mask.to(logits.device)[safe_labels]
+        factual &= content_mask.to(labels.device)[safe_labels]
     logical = (max_prob > LOGICAL_MIN_PROB) & ~correct & mask
 
     # eos counts over label windows through a prefix sum: count(t, end) = c[end] - c[t]
@@ -89,16 +113,16 @@ def compute_targets(logits: Tensor, labels: Tensor, *, eos_id: int | None, horiz
                        errors=errors, mask=mask)
 
 
-def _row_stats(rows: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per row of ``rows`` (N, V): top-1 id, its softmax probability, label within the top-k."""
-    N, V = rows.shape
+def _row_stats(row_logits, N: int, V: int, labels: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row of the (N, V) logits that ``row_logits(start, end)`` gives a chunk of: top-1 id, its
+    softmax probability, label within the top-k."""
     if N == 0:
-        empty = rows.new_zeros(0)
+        empty = labels.new_zeros(0)
         return empty.long(), empty.float(), empty.bool()
-    chunk = max(1, _CHUNK_ELEMENTS // max(V, 1))
+    chunk = max(1, CHUNK_LOGITS_ELEMENTS // max(V, 1))
     top1, max_prob, in_topk = [], [], []
     for start in range(0, N, chunk):
-        part = rows[start:start + chunk].float()  # (n, V)
+        part = row_logits(start, start + chunk).float()  # (n, V)
         lab = labels[start:start + chunk]  # (n,)
         values, ids = part.topk(k, dim=-1)  # (n, k), sorted descending
         max_prob.append(torch.exp(values[:, 0] - torch.logsumexp(part, dim=-1)))

@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from vesper_cli.generation import SamplingConfig, held_back, load_generator, stop_index
+from vesper_cli.engine.generation import SamplingConfig, held_back, load_generator, stop_index
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,13 @@ import math
 
 import pytest
 import torch
+
+from vesper_metacog.training import load_head
 from safetensors import safe_open
 
 from tests.train.conftest import assert_bit_identical, make_text, run_config, weights
-from vesper_cli.checkpoint import read_checkpoint
-from vesper_cli.training import train
+from vesper_core.checkpoint import read_checkpoint
+from vesper_cli.engine.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def test_checkpoint_splits_head_and_model_loads_without_it(joint):
     model = ckpt.build_model()  # strict load: no unexpected metacog keys
     full = weights(joint.final_checkpoint)
     model.load_exported_state_dict(full)  # metacog.* keys are ignored by the model itself
-    head = ckpt.build_metacog_head()
+    head = load_head(ckpt)
     assert torch.equal(head.confidence_proj.weight, full["metacog.confidence_proj.weight"])
 
 

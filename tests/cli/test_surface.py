@@ -15,6 +15,7 @@ TRAIN_FLAGS = {
     "--config", "--grad-accum", "--warmup-steps", "--lr-schedule", "--weight-decay", "--max-grad-norm",
     "--val-dataset", "--eval-every", "--keep-last", "--max-bad-steps", "--compile", "--fsdp", "--num-workers", "--cache", "--streaming", "--chunk-mb", "--wandb",
     "--wandb-project", "--wandb-run", "--metacog", "--metacog-only", "--metacog-weight",
+    "--text-field", "--val-fraction", "--eval-batches", "--loss", "--min-lr-ratio", "--beta1", "--beta2", "--eps",
 }
 GENERATE_FLAGS = {
     "--model", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",
@@ -25,6 +26,7 @@ BENCHMARK_FLAGS = {
     "--dataset", "--format", "--tokenizer", "--model-size", "--epochs", "--max-steps", "--batch-size", "--lr",
     "--seq-len", "--output", "--seeds", "--seed", "--optimizers", "--lr-sweep", "--val-fraction", "--val-tokens",
     "--dtype", "--device", "--plot", "--json",
+    "--text-field", "--loss", "--warmup-steps", "--lr-schedule", "--min-lr-ratio", "--weight-decay", "--max-grad-norm",
 }
 PLOT_FLAGS = {"--output"}
 

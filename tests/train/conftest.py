@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vesper_cli.run_config import build_run_config
+from vesper_cli.engine.run_config import build_run_config
 
 SMALL = dict(model_size="nano", tokenizer="byte", seq_len=16, batch_size=4, dtype="f32", log_every=1)
 

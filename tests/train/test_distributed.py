@@ -73,7 +73,7 @@ def test_fsdp_two_ranks_match_single_process_and_resume(tmp_path):
     two = json.loads((tmp_path / "fsdp" / "training_log.json").read_text())["steps"]
     for a, b in zip(one, two):
         assert abs(a["loss"] - b["loss"]) < 1e-5, (a, b)
-    from vesper_cli.checkpoint import read_checkpoint
+    from vesper_core.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(tmp_path / "fsdp" / "checkpoint-final.safetensors")  # full, unsharded weights
     assert ckpt.state_dict["embeddings.weight"].shape == (257, 64)

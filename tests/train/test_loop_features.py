@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.train.conftest import make_text, run_config, weights
-from vesper_cli import training
-from vesper_cli.training import TrainingDivergedError, train
+from vesper_cli.engine import trainer as training
+from vesper_cli.engine.trainer import TrainingDivergedError, train
 
 
 def test_grad_accum_4x2_equals_batch_8(tmp_path, text_file):
@@ -54,8 +54,8 @@ def test_skipped_step_leaves_weights_and_optimizer_untouched(tmp_path, text_file
     from safetensors.torch import load_file
 
     from tests.train.conftest import assert_bit_identical
-    from vesper_cli.control import StopControl
-    from vesper_cli.observer import TrainObserver
+    from vesper_cli.engine.control import StopControl
+    from vesper_cli.engine.observer import TrainObserver
 
     clean = train(run_config(text_file, tmp_path / "clean", max_steps=1, save_every=0))
     control = StopControl()

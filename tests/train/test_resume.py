@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from tests.train.conftest import assert_bit_identical, run_config, weights
-from vesper_cli.control import StopControl
-from vesper_cli.observer import TrainObserver
-from vesper_cli.training import train
+from vesper_cli.engine.control import StopControl
+from vesper_cli.engine.observer import TrainObserver
+from vesper_cli.engine.trainer import train
 
 
 class StopAt(TrainObserver):

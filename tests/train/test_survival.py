@@ -54,7 +54,7 @@ def test_sigterm_writes_emergency_checkpoint_and_resume_matches(tmp_path):
 _SLOW_SAVER = """
 import sys, time, torch
 import safetensors.torch as st
-from vesper_cli import checkpoint
+from vesper_core import checkpoint
 from vesper_core.model import VesperLM
 from vesper_core.presets import model_config
 
@@ -72,7 +72,7 @@ checkpoint.save_weights(sys.argv[1], VesperLM(model_config("nano", vocab_size=97
 
 
 def test_kill_9_during_save_leaves_previous_checkpoint_intact(tmp_path):
-    from vesper_cli.checkpoint import read_checkpoint, save_weights
+    from vesper_core.checkpoint import read_checkpoint, save_weights
     from vesper_core.model import VesperLM
     from vesper_core.presets import model_config
 

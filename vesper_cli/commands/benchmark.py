@@ -8,9 +8,12 @@ from typing import Any, Optional
 
 import typer
 
+from vesper_cli.commands.options import config_option, data_option, given
+from vesper_cli.engine.benchmark import BENCH_DEFAULTS, BenchConfig
 from vesper_cli.output import console, err_console, info, stderr_is_tty
+from vesper_optim.config import OptimConfig
 
-Opt = typer.Option
+B, O = BenchConfig, OptimConfig
 
 
 class _ProgressPrinter:
@@ -67,12 +70,13 @@ def render_table(report: dict[str, Any]) -> None:
     for name, s in summary.items():
         table.add_row(name, f"{s['lr']:.1e}", _fmt(s.get("val_loss")), _fmt(s["final_train_loss"]),
                       f"{s['tokens_per_sec']['mean']:.0f}", f"{s['time_per_step_ms']['mean']:.1f}",
-                      f"{s['peak_memory_mb']['mean']:.0f}")
+                      f"{s['peak_memory_mb']['mean']:.0f}" if s.get("peak_memory_mb") else "n/a")
     console.print(table)
     for name, sweep in (report.get("lr_sweep") or {}).items():
         grid = ", ".join(f"{g['lr']:.1e}: {_fmt(next(v for k, v in g.items() if k not in ('lr', 'seeds')))}"
                          for g in sweep["grid"])
-        console.print(f"lr sweep {name}: {grid} -> best {sweep['best_lr']:.1e}", markup=False)
+        state = "bracketed" if sweep.get("bracketed") else "NOT bracketed (best at the grid's edge)"
+        console.print(f"lr sweep {name}: {grid} -> best {sweep['best_lr']:.1e}, {state}", markup=False)
     if report.get("verdict"):
         console.print(f"Verdict: {report['verdict']}", markup=False)
 
@@ -89,34 +93,44 @@ def _check_writable(output: Path) -> None:
 
 
 def benchmark_command(
-    dataset: Optional[str] = Opt(None, help="Text/JSONL file, or 'demo' (built-in corpus)."),
-    format: str = Opt("auto", "--format", help="auto | text | jsonl"),
-    tokenizer: str = Opt("auto", help="auto | byte | PATH/tokenizer.json | folder | HF hub id"),
-    model_size: str = Opt("small", help="Preset, MoE presets included (nano, tiny, small, ..., tiny-moe)."),
-    epochs: Optional[int] = Opt(None, help="Epochs per run  [default: 5, or no limit with max steps]"),
-    max_steps: int = Opt(0, help="Steps per run, 0 = by --epochs."),
-    batch_size: int = Opt(4, help="Sequences per step."),
-    lr: float = Opt(3e-4, help="Learning rate (the centre of the sweep grid)."),
-    seq_len: int = Opt(256, help="Tokens per sample."),
-    output: Path = Opt(Path("benchmark_report.json"), help="JSON report path."),
-    seeds: int = Opt(1, help="Seeds per optimizer (3 or more for a verdict)."),
-    seed: int = Opt(0, help="First seed (seeds are SEED, SEED+1, ...)."),
-    optimizers: str = Opt("velvet,adamw", help="Comma-separated optimizer names."),
-    lr_sweep: bool = Opt(False, "--lr-sweep", help="Try lr x {0.5, 1, 2} per optimizer, compare the best of each."),
-    val_fraction: float = Opt(0.1, help="Hold out the last part of the token stream for validation, 0 = none."),
-    val_tokens: int = Opt(65536, help="Score the first N held-out tokens, 0 = all."),
-    dtype: str = Opt("f32", help="f32 | bf16 | f16 (autocast over f32 weights)"),
-    device: str = Opt("auto", help="auto | cpu | cuda"),
-    plot: bool = Opt(False, "--plot", help="Also write the four graphs as OUTPUT with a .png suffix."),
-    json_out: bool = Opt(False, "--json", help="Print the report JSON on stdout instead of the table."),
+    dataset: Optional[str] = data_option("dataset"),
+    format: Optional[str] = data_option("format", "--format"),
+    text_field: Optional[str] = data_option("text_field"),
+    tokenizer: Optional[str] = data_option("tokenizer"),
+    model_size: Optional[str] = config_option(B, "model_size"),
+    epochs: Optional[int] = config_option(B, "epochs", default=None),
+    max_steps: Optional[int] = config_option(B, "max_steps"),
+    batch_size: Optional[int] = data_option("batch_size"),
+    lr: Optional[float] = config_option(O, "lr", note="(the centre of the sweep grid)"),
+    seq_len: Optional[int] = data_option("seq_len", default=BENCH_DEFAULTS["seq_len"]),
+    output: Path = typer.Option(Path("benchmark_report.json"), help="JSON report path."),
+    seeds: Optional[int] = config_option(B, "seeds"),
+    seed: Optional[int] = config_option(B, "seed"),
+    optimizers: Optional[str] = config_option(B, "optimizers"),
+    lr_sweep: Optional[bool] = config_option(B, "lr_sweep", flag=True),
+    val_fraction: Optional[float] = data_option("val_fraction", default=BENCH_DEFAULTS["val_fraction"]),
+    val_tokens: Optional[int] = config_option(B, "val_tokens"),
+    dtype: Optional[str] = config_option(B, "dtype"),
+    device: Optional[str] = config_option(B, "device"),
+    loss: Optional[str] = config_option(B, "loss"),
+    warmup_steps: Optional[int] = config_option(O, "warmup_steps"),
+    lr_schedule: Optional[str] = config_option(O, "lr_schedule"),
+    min_lr_ratio: Optional[float] = config_option(O, "min_lr_ratio"),
+    weight_decay: Optional[float] = config_option(O, "weight_decay"),
+    max_grad_norm: Optional[float] = config_option(O, "max_grad_norm"),
+    plot: bool = typer.Option(False, "--plot", help="Also write the four graphs as OUTPUT with a .png suffix."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report JSON on stdout instead of the table."),
 ) -> None:
     from vesper_core.atomic import write_json_atomic
-    from vesper_cli.benchmarking import BenchConfig, run_benchmark
+    from vesper_cli.engine.benchmark import run_benchmark
 
-    cfg = BenchConfig(dataset=dataset, format=format, tokenizer=tokenizer, model_size=model_size, epochs=epochs,
-                      max_steps=max_steps, batch_size=batch_size, lr=lr, seq_len=seq_len, seeds=seeds, seed=seed,
-                      optimizers=tuple(optimizers.split(",")), lr_sweep=lr_sweep, val_fraction=val_fraction,
-                      val_tokens=val_tokens, dtype=dtype, device=device)
+    settings = given(dataset=dataset, format=format, text_field=text_field, tokenizer=tokenizer, model_size=model_size,
+                     epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, seq_len=seq_len, seeds=seeds,
+                     seed=seed, optimizers=optimizers, lr_sweep=lr_sweep, val_fraction=val_fraction,
+                     val_tokens=val_tokens, dtype=dtype, device=device, loss=loss, warmup_steps=warmup_steps,
+                     lr_schedule=lr_schedule, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay,
+                     max_grad_norm=max_grad_norm)
+    cfg = BenchConfig.from_flat(**settings)
     _check_writable(output)  # fail before the runs, not after them
     if plot:
         from vesper_cli.plots import _pyplot

@@ -71,7 +71,7 @@ def build_command(
     as_json: bool = Opt(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Tokenize a dataset into <output-dir>/<name>.bin + .idx (VSPR), streaming, with bounded memory."""
-    from vesper_cli.datasets import prepare_tokenizer
+    from vesper_data.pipeline import prepare_tokenizer
     from vesper_data.cache import build_cache
     from vesper_data.cache.format import choose_token_bytes
     from vesper_data.config import DataConfig

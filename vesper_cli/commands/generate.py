@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Mapping, Optional
 
 import typer
 
@@ -109,7 +109,7 @@ def generate_command(
     regulation_threshold: Optional[float] = Opt(None, help="With --metacog: a span whose mean confidence is under "
                                                 "this is re-drawn  [default: the head's, 0.3]"),
 ) -> None:
-    from vesper_cli.generation import SamplingConfig, load_generator
+    from vesper_cli.engine.generation import SamplingConfig, load_generator
     from vesper_core.device import resolve_device
     from vesper_core.errors import ConfigError
 
@@ -128,7 +128,6 @@ def generate_command(
     gen = load_generator(model, tokenizer=tokenizer, model_size=model_size, device=resolve_device(device))
 
     if metacog:
-        from vesper_cli.metacog_generation import print_metacog_samples
 
         thresholds = {"confidence_threshold": confidence_threshold, "regulation_threshold": regulation_threshold}
         for name, value in thresholds.items():
@@ -152,3 +151,49 @@ def generate_command(
         _report(gen.stats["new_tokens"], gen.stats["seconds"])
     else:
         _report(*_stream_samples(gen, prompt, sampling, num_samples, echo_prompt=True))
+
+
+def confidence_style(confidence: float, resampled: bool, threshold: float = 0.85, low: float = 0.3) -> str:
+    """A rich style: green at or above the satisficing threshold, red under the regulation one."""
+    colour = "green" if confidence >= threshold else "red" if confidence < low else "yellow"
+    return f"{colour} underline" if resampled else colour
+
+
+def print_metacog_samples(gen: Generator, prompt: str, sampling: SamplingConfig, num_samples: int,
+                          overrides: Mapping[str, float] | None = None) -> None:
+    """``generate --metacog --prompt``: stream each sample to stdout (coloured by confidence on a TTY), then a
+    summary line on stderr."""
+    import torch
+    from rich.text import Text
+
+    from vesper_cli.engine.metacog_generation import MetacogSummary, metacog_stream, sentence_ends
+    from vesper_cli.output import console, info
+    from vesper_metacog.training import load_head
+
+    colour = sys.stdout.isatty() and console.is_terminal
+    shared = None
+    if sampling.seed is not None:
+        shared = torch.Generator(device=gen.device).manual_seed(sampling.seed)
+    # fails early, with one line, when there is no head
+    config = load_head(gen.checkpoint).config.replace(**(overrides or {}))
+    boundaries = sentence_ends(gen.tokenizer)
+    for i in range(num_samples):
+        if num_samples > 1:
+            info(f"--- sample {i + 1}/{num_samples} ---")
+        summary = MetacogSummary()
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        try:
+            for piece in metacog_stream(gen, prompt, sampling, summary, generator=shared,
+                                        overrides=overrides, boundary_ids=boundaries):
+                if colour:
+                    style = confidence_style(piece.confidence, piece.resampled, config.confidence_threshold,
+                                             config.regulation_threshold)
+                    console.print(Text(piece.text, style=style), end="")
+                else:
+                    sys.stdout.write(piece.text)
+                    sys.stdout.flush()
+        finally:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        info(summary.line())

@@ -38,7 +38,7 @@ def eval_command(
     json_output: bool = Opt(False, "--json", help="Print the numbers as one JSON object."),
 ) -> None:
     """Held-out ECE, AUROC, accuracy and mean confidence of the checkpoint's meta head."""
-    from vesper_cli.metacog_training import evaluate_checkpoint
+    from vesper_cli.engine.metacog_eval import evaluate_checkpoint
     from vesper_core.device import resolve_device
 
     result = evaluate_checkpoint(model, dataset, seq_len=seq_len, batch_size=batch_size, max_batches=max_batches,

@@ -7,7 +7,7 @@ import json
 import typer
 
 from vesper_cli.output import console
-from vesper_cli.registries import all_registries
+from vesper_cli.engine.registries import all_registries
 
 
 def plugins_command(

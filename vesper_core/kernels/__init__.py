@@ -3,7 +3,6 @@
 * ``cross_entropy``         ``cross_entropy_reference`` (the spec) and ``chunked_cross_entropy``
                             (pure torch, fused linear + CE that never builds the (N, V) f32 logits).
 * ``era_triton``            ``era_triton(x, gamma)`` / ``EraFunction``: fused fwd + bwd Triton kernels.
-* ``cross_entropy_triton``  ``cross_entropy_triton(logits, labels)``: online-logsumexp CE, fwd + bwd.
 
 The Triton modules import triton at import time; import them only where triton is wanted.
 """
@@ -14,6 +13,7 @@ from vesper_core.kernels.cross_entropy import (
     ChunkedCrossEntropyFunction,
     chunked_cross_entropy,
     cross_entropy_reference,
+    normalized_entropy,
 )
 
 
@@ -25,12 +25,4 @@ def era_triton_apply(x, gamma):
     return era_triton(x, gamma)
 
 
-def cross_entropy_triton_apply(logits, labels, ignore_index=-100):
-    """Lazy entry: ``cross_entropy_triton.cross_entropy_triton`` (imports triton on first call)."""
-    from vesper_core.kernels.cross_entropy_triton import cross_entropy_triton
-
-    return cross_entropy_triton(logits, labels, ignore_index)
-
-
-__all__ = ["ChunkedCrossEntropyFunction", "chunked_cross_entropy", "cross_entropy_reference", "era_triton_apply",
-           "cross_entropy_triton_apply"]
+__all__ = ["ChunkedCrossEntropyFunction", "chunked_cross_entropy", "cross_entropy_reference", "normalized_entropy", "era_triton_apply"]

@@ -20,11 +20,52 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vesper_core.errors import ConfigError
+
 #: Target size (elements) of one chunk's f32 logits block: 2^24 floats = 64 MiB.
 CHUNK_LOGITS_ELEMENTS = 1 << 24
+#: Labels with this value are left out of the loss (padding, prompt tokens of chat data).
+IGNORE_INDEX = -100
+#: ``loss_impl="auto"`` uses the chunked loss from this vocabulary size up, where the logits dominate memory.
+CHUNKED_LOSS_MIN_VOCAB = 32768
+LOSS_IMPLS = ("auto", "standard", "chunked")
+#: Perplexity is exp(min(loss, 20)): a diverged loss still gives a finite number (also Velvet's cap).
+MAX_LOG_PERPLEXITY = 20.0
 
 
-def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, MAX_LOG_PERPLEXITY))
+
+
+def uses_chunked_loss(loss_impl: str, vocab_size: int) -> bool:
+    """Whether ``loss_impl`` (auto | standard | chunked) means the chunked fused linear + CE."""
+    if loss_impl not in LOSS_IMPLS:
+        raise ConfigError(f"loss must be one of {', '.join(LOSS_IMPLS)}, got {loss_impl!r}")
+    return loss_impl == "chunked" or (loss_impl == "auto" and vocab_size >= CHUNKED_LOSS_MIN_VOCAB)
+
+
+@torch.no_grad()
+def normalized_entropy(logits: torch.Tensor, *, max_chunk_elements: int = CHUNK_LOGITS_ELEMENTS) -> torch.Tensor:
+    """Mean over positions of ``-sum(softmax * log softmax) / ln V`` as a 0-dim f32 tensor.
+
+    ``logits`` is ``(..., V)``. Rows are processed in chunks of at most ``max_chunk_elements``
+    so that at most one chunk is ever up-cast to f32. No host sync.
+    """
+    if logits.dim() == 0:
+        raise ConfigError("normalized_entropy needs logits of shape (..., vocab_size), got a scalar")
+    vocab = logits.shape[-1]
+    rows = logits.reshape(-1, vocab)  # (N, V)
+    total = torch.zeros((), dtype=torch.float32, device=logits.device)
+    if vocab < 2 or rows.shape[0] == 0:
+        return total
+    chunk_rows = max(1, max_chunk_elements // vocab)
+    for start in range(0, rows.shape[0], chunk_rows):
+        probs = torch.softmax(rows[start:start + chunk_rows].float(), dim=-1)  # (n, V)
+        total += torch.special.entr(probs).sum()  # entr(0) = 0: masked (-inf) logits are fine
+    return total / (rows.shape[0] * math.log(vocab))
+
+
+def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean cross-entropy over non-ignored positions, computed on f32 logits.
 
     ``logits``: (..., V) any float dtype; ``labels``: (...) int64. Returns a 0-dim f32 tensor
@@ -113,7 +154,7 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                          ignore_index: int = -100, chunk_size: int | None = None, reduction: str = "mean",
+                          ignore_index: int = IGNORE_INDEX, chunk_size: int | None = None, reduction: str = "mean",
                           return_entropy: bool = False):
     """CE of ``hidden @ weight.T`` against ``labels`` without the full (N, V) f32 logits.
 

@@ -47,7 +47,7 @@ def era_auto(x: Tensor, gamma: float) -> Tensor:
     return era_reference(x, gamma)
 
 
-ERA_BACKENDS: Registry[EraFunction] = Registry("ERA backend")
+ERA_BACKENDS: Registry[EraFunction] = Registry("ERA backend", "vesper.era_backends")
 ERA_BACKENDS.register("reference", era_reference)
 ERA_BACKENDS.register("triton", era_triton)
 ERA_BACKENDS.register("auto", era_auto)

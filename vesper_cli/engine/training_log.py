@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vesper_core.atomic import write_json_atomic
-from vesper_cli.observer import StepMetrics
+from vesper_cli.engine.observer import StepMetrics
 
 LOG_FILE = "training_log.json"
 

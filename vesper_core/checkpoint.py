@@ -4,7 +4,8 @@ File names follow the Rust CLI (``checkpoint-{step}``, ``checkpoint-epoch{e}``, 
 ``checkpoint-emergency-step{N}`` + ``.safetensors``). Tensors are the f32 master weights; the tied
 LM head is stored once (as ``embeddings.weight``). A meta head trained with ``--metacog`` is stored in
 the same file under ``metacog.*`` with its MetacogConfig in the metadata (``metacog_config``);
-``read_checkpoint`` splits it out into ``LoadedCheckpoint.metacog_state``.
+``read_checkpoint`` splits it out into ``LoadedCheckpoint.metacog_state`` (``vesper_metacog.load_head``
+builds the head from it).
 """
 
 from __future__ import annotations
@@ -58,22 +59,6 @@ class LoadedCheckpoint:
     @property
     def has_metacog(self) -> bool:
         return bool(self.metacog_state)
-
-    def build_metacog_head(self, device: torch.device | str = "cpu"):
-        """The MetaHead saved with this checkpoint; CheckpointError when it has none."""
-        from vesper_metacog import MetaHead, MetacogConfig
-
-        if not self.metacog_state:
-            raise CheckpointError(f"{self.path} has no metacog head; train one with `vesper train --metacog` "
-                                  f"or `vesper train --metacog-only --resume {self.path}`")
-        raw = self.meta("metacog_config")
-        try:
-            config = MetacogConfig.from_dict(raw) if isinstance(raw, dict) else MetacogConfig.for_model(self.config)
-            head = MetaHead(config)
-            head.load_state_dict(self.metacog_state)
-        except (ConfigError, RuntimeError) as exc:
-            raise CheckpointError(f"{self.path}: the saved metacog head does not load: {' '.join(str(exc).split())}") from exc
-        return head.to(device)
 
     def build_model(self, device: torch.device | str = "cpu") -> VesperLM:
         model = VesperLM(self.config)

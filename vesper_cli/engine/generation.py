@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from vesper_cli.checkpoint import LoadedCheckpoint, read_checkpoint
+from vesper_core.checkpoint import LoadedCheckpoint, read_checkpoint
 from vesper_core.errors import CheckpointError, ConfigError
 from vesper_core.generation import generate_tokens
 from vesper_core.model import VesperLM

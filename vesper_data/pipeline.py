@@ -92,6 +92,20 @@ class TrainingData:
     loader: BatchLoader | StreamingLoader
     num_tokens: int  # an estimate when streaming
     notes: list[str] = field(default_factory=list)
+    val_windows: TokenWindows | None = None  # the held-out tail with --val-fraction
+
+
+def split_validation(ids: np.ndarray, val_fraction: float, seq_len: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(train, held-out) token arrays: the last ``val_fraction`` of the stream is never trained on."""
+    ids = np.asarray(ids)
+    num_val = int(len(ids) * val_fraction)
+    if val_fraction <= 0:
+        return ids, None
+    if num_val < seq_len + 1:
+        raise DataError(
+            f"--val-fraction {val_fraction} holds out {num_val} of {len(ids)} tokens, fewer than one window "
+            f"of seq_len+1={seq_len + 1}; raise --val-fraction, lower --seq-len, or add data")
+    return ids[:len(ids) - num_val], ids[len(ids) - num_val:]
 
 
 def open_training_data(cfg: DataConfig, tokenizer: VesperTokenizer, *, seed: int = 0, rank: int = 0,
@@ -102,6 +116,11 @@ def open_training_data(cfg: DataConfig, tokenizer: VesperTokenizer, *, seed: int
     ends with EOS, so windows may cross documents exactly as in-memory training does).
     """
     notes: list[str] = []
+    if cfg.val_fraction and (cfg.cache or cfg.streaming):
+        raise ConfigError("--val-fraction splits text held in memory; with --cache or --streaming pass a "
+                          "held-out file as --val-dataset instead")
+    if cfg.val_fraction and cfg.val_dataset:
+        raise ConfigError("give one of --val-dataset (a held-out file) or --val-fraction (the data's tail), not both")
     shard = dict(batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=seed, rank=rank, world_size=world_size)
     if cfg.cache:
         if cfg.dataset or cfg.streaming:
@@ -122,5 +141,7 @@ def open_training_data(cfg: DataConfig, tokenizer: VesperTokenizer, *, seed: int
         notes.append(f"streaming {cfg.dataset} in {cfg.chunk_mb} MiB chunks (token count estimated from the "
                      f"first MiB; an epoch ends when the file does)")
         return TrainingData(loader, loader.estimated_tokens, notes)
-    ids = load_tokens(cfg.dataset, cfg, tokenizer, on_warning=on_warning)
-    return TrainingData(BatchLoader(TokenWindows(ids, cfg.seq_len), **shard), int(len(ids)), notes)
+    ids, val_ids = split_validation(load_tokens(cfg.dataset, cfg, tokenizer, on_warning=on_warning),
+                                    cfg.val_fraction, cfg.seq_len)
+    val = TokenWindows(val_ids, cfg.seq_len) if val_ids is not None else None
+    return TrainingData(BatchLoader(TokenWindows(ids, cfg.seq_len), **shard), int(len(ids)), notes, val)

@@ -1,9 +1,10 @@
 """The meta head in the training loop (``--metacog`` / ``--metacog-only``) and its calibration on held-out text.
 
 * ``--metacog``: a MetaHead (vesper_metacog) reads the model's final hidden states; per micro-batch the
-  loss is ``LM loss + metacog_weight * metacog_loss`` with targets from ``compute_targets`` on the same
-  batch's logits and labels (EOS = the tokenizer's). The head's parameters are extra optimizer groups
-  (``param_names`` prefixed ``metacog.``), so its moments are part of the resume state.
+  loss is ``LM loss + metacog_weight * metacog_loss`` with targets from the same forward pass (its
+  logits, or the hidden states and the LM head chunk by chunk when the loss was chunked; EOS = the
+  tokenizer's). The head's parameters are extra optimizer groups (``param_names`` prefixed
+  ``metacog.``), so its moments are part of the resume state.
 * ``--metacog-only``: the ``--resume`` model is frozen (``requires_grad`` False, forward under no_grad)
   and the optimizer holds only the head; the loss is the metacog loss alone (no weight, no LM loss; the
   logged ``loss`` is still the frozen model's cross-entropy).
@@ -17,16 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable
+from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
 
-from vesper_cli.distributed import DistInfo, all_reduce_sum
+from vesper_core.distributed import DistInfo, all_reduce_sum
 from vesper_core.errors import CheckpointError
 from vesper_core.model import METACOG_PREFIX
-from vesper_data.loader import BatchLoader
-from vesper_metacog import CalibrationMeter, MetacogConfig, MetaHead, compute_targets, metacog_loss
+from vesper_metacog.config import MetacogConfig
+from vesper_metacog.head import MetaHead
+from vesper_metacog.losses import metacog_loss
+from vesper_metacog.metrics import CalibrationMeter
+from vesper_metacog.targets import compute_targets, compute_targets_from_hidden
 
 METACOG_CONFIG_KEY = "metacog_config"
 
@@ -34,7 +37,7 @@ METACOG_CONFIG_KEY = "metacog_config"
 def build_head(model_config, resume_ckpt, device: torch.device, weight: float) -> tuple[MetaHead, str]:
     """The head to train: the one saved in ``resume_ckpt`` when it has one, else a fresh one."""
     if resume_ckpt is not None and resume_ckpt.has_metacog:
-        head = resume_ckpt.build_metacog_head()
+        head = load_head(resume_ckpt)
         if head.config.hidden_size != model_config.hidden_size:
             raise CheckpointError(f"{resume_ckpt.path}: its metacog head reads hidden size {head.config.hidden_size}, "
                                   f"the model has {model_config.hidden_size}")
@@ -45,17 +48,6 @@ def build_head(model_config, resume_ckpt, device: torch.device, weight: float) -
         note = "metacog: a new meta head (confidence, 3 error types, termination)"
     num = sum(p.numel() for p in head.parameters())
     return head.to(device), f"{note}, {num:,} parameters, weight {head.config.loss_weight:g}"
-
-
-def head_param_groups(head: MetaHead, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay (matrices) / no-decay (biases) groups for the head, names prefixed ``metacog.``."""
-    decay = {"params": [], "param_names": [], "weight_decay": weight_decay}
-    no_decay = {"params": [], "param_names": [], "weight_decay": 0.0}
-    for name, p in head.named_parameters():
-        group = decay if p.dim() >= 2 else no_decay
-        group["params"].append(p)
-        group["param_names"].append(METACOG_PREFIX + name)
-    return [g for g in (decay, no_decay) if g["params"]]
 
 
 def head_state(head: MetaHead) -> dict[str, torch.Tensor]:
@@ -127,58 +119,53 @@ class StepStats:
         return {"loss": loss / max(micro, 1.0), "confidence": conf / n, "accuracy": corr / n}
 
 
-def metacog_step_loss(head: MetaHead, hidden: torch.Tensor, logits: torch.Tensor | None, labels: torch.Tensor,
-                      eos_id: int | None, stats: StepStats,
-                      lm_head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """The unweighted metacog loss of one micro-batch (hidden (B, T, H), labels (B, T))."""
-    if logits is None:  # the fused CE path never built the logits: targets need them once, without grad
-        with torch.no_grad():
-            logits = lm_head(hidden.detach())  # (B, T, V)
-    targets = compute_targets(logits.detach(), labels, eos_id=eos_id)
+def metacog_step_loss(head: MetaHead, hidden: torch.Tensor, labels: torch.Tensor, eos_id: int | None,
+                      stats: StepStats, *, logits: torch.Tensor | None = None,
+                      lm_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The unweighted metacog loss of one micro-batch (hidden (B, T, H), labels (B, T)).
+
+    Targets come from the same forward pass: from ``logits`` when the loss built them, else from the
+    hidden states and the LM head ``lm_weight`` one row chunk at a time (no full (B, T, V) logits).
+    """
+    if logits is not None:
+        targets = compute_targets(logits.detach(), labels, eos_id=eos_id)
+    else:
+        targets = compute_targets_from_hidden(hidden.detach(), lm_weight.detach(), labels, eos_id=eos_id)
     meta = head(hidden)
     loss, _ = metacog_loss(meta, targets)
     stats.add(loss, meta.confidence, targets.confidence, targets.mask)
     return loss
 
 
-def sync_head_grads(head: MetaHead, dist_info: DistInfo) -> None:
-    """Average the head's gradients over ranks (DDP/FSDP wrap only the model)."""
-    if not dist_info.enabled:
-        return
-    for p in head.parameters():
-        if p.grad is not None:
-            all_reduce_sum(p.grad, dist_info)
-            p.grad.div_(dist_info.world_size)
-
-
 @torch.no_grad()
-def evaluate_calibration(model: torch.nn.Module, head: MetaHead, windows, *, batch_size: int, device: torch.device,
-                         autocast=None, max_batches: int = 0, eos_id: int | None = None,
+def evaluate_calibration(model: torch.nn.Module, head: MetaHead, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                         *, device: torch.device, autocast=None, eos_id: int | None = None,
                          dist_info: DistInfo | None = None, num_bins: int = 15) -> dict[str, float]:
-    """Calibration of the head's confidence over the first ``max_batches`` batches (all when 0), in order.
+    """Calibration of the head's confidence over ``batches`` of (input_ids, labels), in order.
 
     Returns ``ece``, ``auroc``, ``accuracy`` (top-1 of the model), ``mean_confidence``, ``count``
-    (positions), ``lm_loss`` and ``batches``.
+    (positions), ``lm_loss`` and ``batches``. With several ranks every rank passes its own batches
+    and the histograms and losses are summed.
     """
     dist_info = dist_info or DistInfo(device=device)
-    loader = BatchLoader(windows, batch_size, shuffle=False, drop_last=False, rank=dist_info.rank,
-                         world_size=dist_info.world_size)
     was_training, head_training = model.training, head.training
     model.eval()
     head.eval()
     meter = CalibrationMeter(num_bins=num_bins)
     loss_sums = torch.zeros(2, dtype=torch.float64, device=device)
-    num_batches = min(loader.num_batches, max_batches) if max_batches > 0 else loader.num_batches
-    for _, (input_ids, labels) in zip(range(num_batches), loader):
+    num_batches = 0
+    for input_ids, labels in batches:
         input_ids, labels = input_ids.to(device), labels.to(device)
         with (autocast or contextlib.nullcontext)():
-            out = model(input_ids, return_hidden=True)
+            out = model(input_ids, labels, loss_reduction="sum", return_hidden=True)
             meta = head(out.hidden_states)
-        targets = compute_targets(out.logits, labels, eos_id=eos_id)
+        targets = (compute_targets(out.logits, labels, eos_id=eos_id) if out.logits is not None else
+                   compute_targets_from_hidden(out.hidden_states, _lm_weight(model), labels, eos_id=eos_id))
         mask = targets.mask
         meter.update(meta.confidence.float()[mask], targets.confidence[mask])
-        loss_sums[0] += F.cross_entropy(out.logits.float().flatten(0, 1), labels.flatten(), reduction="sum").double()
-        loss_sums[1] += labels.numel()
+        loss_sums[0] += out.loss.double()
+        loss_sums[1] += mask.sum()
+        num_batches += 1
     if dist_info.enabled and meter._sums is not None:  # one meter over all ranks: sum the histograms
         for t in (*meter._sums, meter._pos, meter._neg):
             all_reduce_sum(t, dist_info)
@@ -190,54 +177,24 @@ def evaluate_calibration(model: torch.nn.Module, head: MetaHead, windows, *, bat
     return {**result, "lm_loss": lm_loss, "batches": num_batches}
 
 
-DEFAULT_EVAL_SEQ_LEN = 256
+def _lm_weight(model: torch.nn.Module) -> torch.Tensor:
+    inner = getattr(model, "module", model)  # DDP
+    inner = getattr(inner, "_orig_mod", inner)  # torch.compile
+    return inner.lm_head.weight
 
 
-def _recorded_seq_len(checkpoint_path) -> int | None:
-    """The --seq-len the checkpoint was trained with, from the resume state beside it (if any)."""
-    import json
+def load_head(ckpt, device: torch.device | str = "cpu") -> MetaHead:
+    """The MetaHead saved with a checkpoint (``vesper_core.checkpoint.LoadedCheckpoint``)."""
+    from vesper_core.errors import ConfigError
 
-    from vesper_cli.resume_state import state_paths
-
-    json_path = state_paths(checkpoint_path)[1]
+    if not ckpt.metacog_state:
+        raise CheckpointError(f"{ckpt.path} has no metacog head; train one with `vesper train --metacog` "
+                              f"or `vesper train --metacog-only --resume {ckpt.path}`")
+    raw = ckpt.meta(METACOG_CONFIG_KEY)
     try:
-        return int(json.loads(json_path.read_text(encoding="utf-8"))["run_config"]["data"]["seq_len"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def evaluate_checkpoint(model_path: str, dataset: str, *, seq_len: int | None = None, batch_size: int = 8,
-                        max_batches: int = 0, data_format: str = "auto", tokenizer: str | None = None,
-                        device: torch.device | str = "cpu",
-                        on_warning: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """``vesper metacog eval``: the saved head's calibration on ``dataset`` (see ``evaluate_calibration``).
-
-    ``seq_len`` defaults to the training one when the checkpoint's resume state records it, else 256 (at
-    most the model's context). CheckpointError when the checkpoint has no head.
-    """
-    from vesper_cli.datasets import load_tokens
-    from vesper_cli.generation import load_generator
-    from vesper_core.errors import ConfigError, DataError
-    from vesper_data.config import DataConfig
-    from vesper_data.loader import TokenWindows
-
-    if batch_size <= 0 or max_batches < 0 or (seq_len is not None and seq_len <= 0):
-        raise ConfigError(f"--batch-size and --seq-len must be positive and --max-batches >= 0, got "
-                          f"{batch_size}, {seq_len}, {max_batches}")
-    device = torch.device(device)
-    gen = load_generator(model_path, tokenizer=tokenizer, device=device)
-    ckpt, model = gen.checkpoint, gen.model
-    head = ckpt.build_metacog_head(device)
-    context = model.config.max_position_embeddings
-    if seq_len is None:
-        seq_len = min(_recorded_seq_len(ckpt.path) or DEFAULT_EVAL_SEQ_LEN, context)
-    if seq_len > context:
-        raise ConfigError(f"--seq-len {seq_len} is longer than the model's context ({context})")
-    data_cfg = DataConfig(dataset=dataset, format=data_format, seq_len=seq_len, batch_size=batch_size)
-    windows = TokenWindows(load_tokens(dataset, data_cfg, gen.tokenizer, on_warning=on_warning), seq_len)
-    if len(windows) == 0:
-        raise DataError(f"{dataset} is shorter than one window of --seq-len {seq_len} + 1 tokens; "
-                        f"use a longer file or a smaller --seq-len")
-    result = evaluate_calibration(model, head, windows, batch_size=batch_size, device=device,
-                                  max_batches=max_batches, eos_id=gen.tokenizer.eos_id)
-    return {**result, "checkpoint": str(ckpt.path), "dataset": dataset, "seq_len": seq_len}
+        config = MetacogConfig.from_dict(raw) if isinstance(raw, dict) else MetacogConfig.for_model(ckpt.config)
+        head = MetaHead(config)
+        head.load_state_dict(ckpt.metacog_state)
+    except (ConfigError, RuntimeError) as exc:
+        raise CheckpointError(f"{ckpt.path}: the saved metacog head does not load: {' '.join(str(exc).split())}") from exc
+    return head.to(device)

@@ -6,6 +6,7 @@ from vesper_core.registry import Registry
 
 
 def all_registries() -> dict[str, Registry]:
+    from vesper_core.layers.era import ERA_BACKENDS
     from vesper_core.presets import PRESETS
     from vesper_data.sources import FORMATS
     from vesper_data.tokenizers import TOKENIZERS
@@ -13,4 +14,4 @@ def all_registries() -> dict[str, Registry]:
     from vesper_optim.registry import OPTIMIZERS
 
     return {"preset": PRESETS, "optimizer": OPTIMIZERS, "tokenizer": TOKENIZERS, "format": FORMATS,
-            "kernel": BACKENDS}
+            "kernel": BACKENDS, "era_backend": ERA_BACKENDS}

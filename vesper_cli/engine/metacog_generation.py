@@ -16,7 +16,8 @@ from typing import Iterator, Mapping
 
 import torch
 
-from vesper_cli.generation import Generator, SamplingConfig, stop_index
+from vesper_cli.engine.generation import Generator, SamplingConfig, stop_index
+from vesper_metacog.training import load_head
 from vesper_metacog import MetacognitiveRegulator, metacog_generate, sentence_boundary_ids
 
 
@@ -55,7 +56,7 @@ def metacog_stream(gen: Generator, prompt: str, sampling: SamplingConfig, summar
 
     ``overrides`` replace regulator settings of the head's config (e.g. ``confidence_threshold``).
     ``boundary_ids`` (the tokens that end a span) defaults to ``sentence_ends(gen.tokenizer)``."""
-    head = gen.checkpoint.build_metacog_head(gen.device).eval()
+    head = load_head(gen.checkpoint, gen.device).eval()
     config = head.config.replace(**(overrides or {}))
     ids = torch.tensor([gen._ids(prompt)], dtype=torch.long, device=gen.device)
     if generator is None and sampling.seed is not None:
@@ -103,48 +104,3 @@ def metacog_stream(gen: Generator, prompt: str, sampling: SamplingConfig, summar
 def sentence_ends(tokenizer) -> frozenset[int]:
     """The ids whose text ends a sentence or a line (one decode per vocabulary entry)."""
     return sentence_boundary_ids(tokenizer.decode, range(tokenizer.vocab_size))
-
-
-def confidence_style(confidence: float, resampled: bool, threshold: float = 0.85, low: float = 0.3) -> str:
-    """A rich style: green at or above the satisficing threshold, red under the regulation one."""
-    colour = "green" if confidence >= threshold else "red" if confidence < low else "yellow"
-    return f"{colour} underline" if resampled else colour
-
-
-def print_metacog_samples(gen: Generator, prompt: str, sampling: SamplingConfig, num_samples: int,
-                          overrides: Mapping[str, float] | None = None) -> None:
-    """``generate --metacog --prompt``: stream each sample to stdout (coloured by confidence on a TTY), then a
-    summary line on stderr."""
-    import sys
-
-    from rich.text import Text
-
-    from vesper_cli.output import console, info
-
-    colour = sys.stdout.isatty() and console.is_terminal
-    shared = None
-    if sampling.seed is not None:
-        shared = torch.Generator(device=gen.device).manual_seed(sampling.seed)
-    # fails early, with one line, when there is no head
-    config = gen.checkpoint.build_metacog_head().config.replace(**(overrides or {}))
-    boundaries = sentence_ends(gen.tokenizer)
-    for i in range(num_samples):
-        if num_samples > 1:
-            info(f"--- sample {i + 1}/{num_samples} ---")
-        summary = MetacogSummary()
-        sys.stdout.write(prompt)
-        sys.stdout.flush()
-        try:
-            for piece in metacog_stream(gen, prompt, sampling, summary, generator=shared,
-                                        overrides=overrides, boundary_ids=boundaries):
-                if colour:
-                    style = confidence_style(piece.confidence, piece.resampled, config.confidence_threshold,
-                                             config.regulation_threshold)
-                    console.print(Text(piece.text, style=style), end="")
-                else:
-                    sys.stdout.write(piece.text)
-                    sys.stdout.flush()
-        finally:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-        info(summary.line())

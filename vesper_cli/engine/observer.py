@@ -21,6 +21,7 @@ class StepMetrics:
     tokens_per_sec: float
     aux_loss: float | None = None
     metacog: dict[str, float] | None = None  # with --metacog: loss, confidence (mean), accuracy (top-1)
+    beta1: float | None = None  # the beta1 the optimizer applied (Velvet's perplexity rule), when it reports one
 
     def log_entry(self) -> dict[str, Any]:
         """One ``training_log.json`` step entry (Rust keys first); non-finite numbers become null."""
@@ -29,6 +30,8 @@ class StepMetrics:
             "tokens_per_sec": self.tokens_per_sec, "grad_norm": self.grad_norm,
             "entropy_scale": self.entropy_scale, "ppl_scale": self.ppl_scale,
         }
+        if self.beta1 is not None:
+            entry["beta1"] = self.beta1
         if self.aux_loss is not None:
             entry["aux_loss"] = self.aux_loss
         for key, value in (self.metacog or {}).items():
@@ -56,9 +59,9 @@ class RunInfo:
 
 @dataclass
 class TrainResult:
-    output_dir: Path
-    final_checkpoint: Path
-    log_path: Path
+    output_dir: Path | None  # None for runs that write nothing (benchmark arms)
+    final_checkpoint: Path | None
+    log_path: Path | None
     steps: int
     first_loss: float | None
     final_loss: float | None
@@ -66,6 +69,7 @@ class TrainResult:
     tokens_seen: int
     checkpoints: list[Path] = field(default_factory=list)
     stopped_by: str | None = None  # the signal (or request) that stopped the run early
+    final_eval: dict[str, float] | None = None  # the held-out metrics at the last step, when evaluated there
 
 
 class TrainObserver:
@@ -76,6 +80,8 @@ class TrainObserver:
     def on_step(self, metrics: StepMetrics) -> None: ...
 
     def on_epoch_end(self, epoch: int, mean_loss: float) -> None: ...
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
 
     def on_checkpoint(self, path: Path) -> None: ...
 

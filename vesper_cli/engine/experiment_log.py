@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from vesper_cli.observer import StepMetrics
+from vesper_cli.engine.observer import StepMetrics
 
 
 class ExperimentLogger:

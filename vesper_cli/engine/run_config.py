@@ -18,6 +18,7 @@ import yaml
 from vesper_core.config import ModelConfig
 from vesper_core.device import DEVICE_CHOICES, parse_dtype
 from vesper_core.errors import ConfigError
+from vesper_core.kernels.cross_entropy import LOSS_IMPLS
 from vesper_core.presets import model_config
 from vesper_data.config import DataConfig
 from vesper_optim.config import OptimConfig
@@ -28,12 +29,17 @@ class ModelSpec:
     """Which model to build: a preset plus overrides (the vocabulary comes from the tokenizer)."""
 
     model_size: str = "small"
+    """Preset: nano, tiny, small, medium, large, xlarge (1b), tiny-moe, medium-moe, large-moe, or a plugin's."""
     moe: bool = False
+    """Turn Mixture of Experts on for any preset."""
     num_experts: int = 8
+    """Experts with --moe."""
     top_k: int = 2
+    """Experts per token with --moe."""
     gradient_checkpointing: bool = False
+    """Recompute each block in backward to save memory."""
     overrides: dict[str, Any] = field(default_factory=dict)
-
+    """ModelConfig fields that override the preset (the YAML ``model:`` mapping)."""
     def __post_init__(self) -> None:
         valid = {f.name for f in dataclasses.fields(ModelConfig)}
         unknown = sorted(set(self.overrides) - valid)
@@ -61,31 +67,52 @@ class ModelSpec:
 class TrainConfig:
     """The loop: length, precision, device, outputs."""
 
-    epochs: int | None = None  # None: 3, or unlimited when max_steps > 0
+    epochs: int | None = None
+    """Passes over the data (none given: 3, or unlimited when --max-steps is set)."""
     max_steps: int = 0
+    """Stop at this global step, 0 = no limit."""
     save_every: int = 500
+    """Checkpoint every N steps, 0 = only epoch/final."""
     log_every: int = 10
+    """Plain log line every N steps (non-TTY)."""
     output_dir: str = "checkpoints"
+    """Where checkpoints and training_log.json go."""
     seed: int = 0
+    """Seed for weights, shuffling and sampling."""
     device: str = "auto"
+    """auto | cpu | cuda."""
     dtype: str = "bf16"
+    """f32 | bf16 | f16 (autocast over f32 weights)."""
     resume: str | None = None
-    entropy_signal: str = "loss"  # Velvet's entropy signal: the loss, or the logits' mean entropy
-    loss: str = "auto"  # auto | standard | chunked (fused linear + CE; auto = chunked from a 32k vocab)
+    """Checkpoint (or run folder) to continue from exactly."""
+    loss: str = "auto"
+    """LM loss: standard | chunked (fused linear + CE, no full logits) | auto (chunked from a 32k vocabulary)."""
     grad_accum: int = 1
-    keep_last: int = 0  # 0 keeps every periodic checkpoint (the Rust behaviour)
+    """Micro-batches per optimizer step."""
+    keep_last: int = 0
+    """Keep only the newest K periodic checkpoints, 0 = all (the Rust behaviour)."""
     max_bad_steps: int = 10
+    """Stop after N consecutive non-finite steps."""
     eval_every: int = 0
-    eval_batches: int = 50  # 0 = the whole validation set
+    """Evaluate every N steps (needs --val-dataset or --val-fraction), 0 = only at the end."""
+    eval_batches: int = 50
+    """Batches per evaluation, 0 = the whole validation set."""
     compile: bool = False
-    fsdp: bool = False  # shard parameters/grads/optimizer state over ranks (FSDP2); needs torchrun
+    """torch.compile the model (checkpoints stay uncompiled)."""
+    fsdp: bool = False
+    """Shard the model over torchrun ranks (FSDP2) for models too big for one device."""
     wandb: bool = False
+    """Log to Weights & Biases (needs the wandb extra)."""
     wandb_project: str = "vesper-training"
+    """W&B project."""
     wandb_run: str | None = None
-    metacog: bool = False  # train a meta head jointly (loss = LM loss + metacog_weight x metacog loss)
-    metacog_only: bool = False  # train only the meta head on the frozen --resume model
+    """W&B run name (none given: vesper-SIZE-DTYPE)."""
+    metacog: bool = False
+    """Also train a meta head (confidence, errors, termination) on the final hidden states."""
+    metacog_only: bool = False
+    """Train only the meta head on the frozen --resume model."""
     metacog_weight: float = 0.1
-
+    """Weight of the metacog loss with --metacog."""
     def __post_init__(self) -> None:
         for name in ("epochs", "max_steps", "save_every"):
             if (getattr(self, name) or 0) < 0:
@@ -104,10 +131,8 @@ class TrainConfig:
         if self.device not in DEVICE_CHOICES and not self.device.startswith(("cuda:", "cpu:")):
             raise ConfigError(f"unknown --device {self.device!r}; choices: {', '.join(DEVICE_CHOICES)}")
         parse_dtype(self.dtype)
-        if self.loss not in ("auto", "standard", "chunked"):
-            raise ConfigError(f"loss must be auto, standard or chunked, got {self.loss!r}")
-        if self.entropy_signal not in ("loss", "logits"):
-            raise ConfigError(f"entropy_signal must be 'loss' or 'logits', got {self.entropy_signal!r}")
+        if self.loss not in LOSS_IMPLS:
+            raise ConfigError(f"--loss must be one of {', '.join(LOSS_IMPLS)}, got {self.loss!r}")
         if not (isinstance(self.metacog_weight, (int, float)) and self.metacog_weight >= 0):
             raise ConfigError(f"--metacog-weight must be a number >= 0, got {self.metacog_weight!r}")
         if self.metacog_only and not self.resume:

@@ -1,0 +1,73 @@
+"""Command-line options whose help and default come from the config dataclasses (one source).
+
+A config field's docstring is its help text and its dataclass default is the ``[default: ...]`` shown;
+the option itself defaults to None ("not given") so that a YAML run file or the dataclass fills it.
+``--dataset``, ``--tokenizer``, ``--format``, ``--seq-len`` ... are defined here once for every command.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import textwrap
+from typing import Any
+
+import typer
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: docstring}`` from the string literal under each field of a dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def field_default(cls: type, name: str) -> Any:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+    raise KeyError(f"{cls.__name__} has no field {name}")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def help_for(cls: type, name: str, *, default: Any = dataclasses.MISSING, note: str = "") -> str:
+    doc = field_docs(cls).get(name, "")
+    value = field_default(cls, name) if default is dataclasses.MISSING else default
+    shown = "" if value is None or isinstance(value, bool) and not value else f"  [default: {_shown(value)}]"
+    return f"{doc}{(' ' + note) if note else ''}{shown}"
+
+
+def config_option(cls: type, name: str, *param_decls: str, default: Any = dataclasses.MISSING,
+                  note: str = "", flag: bool = False) -> Any:
+    """A typer option for ``cls.name``: None unless given; ``flag=True`` makes a bare ``--name`` switch."""
+    decls = param_decls or ((f"--{name.replace('_', '-')}",) if flag else ())
+    return typer.Option(None, *decls, help=help_for(cls, name, default=default, note=note), show_default=False)
+
+
+# -- shared data options ---------------------------------------------------------------------------
+def data_option(name: str, *param_decls: str, **kw) -> Any:
+    from vesper_data.config import DataConfig
+
+    return config_option(DataConfig, name, *param_decls, **kw)
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The options a user gave (None = not given)."""
+    return {k: v for k, v in values.items() if v is not None}

@@ -1,0 +1,108 @@
+"""Writing a run's checkpoints (weights + full resume state) and restoring a run from one.
+
+File names follow the Rust CLI (``checkpoint-{step}``, ``checkpoint-epoch{e}``, ``checkpoint-final``,
+``checkpoint-emergency-step{N}``, ``checkpoint-best``); the formats are vesper_core's
+(``checkpoint.save_weights`` + ``resume_state.save_resume_state``). The benchmark uses
+:class:`NullCheckpointer`: its runs write nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from vesper_core.checkpoint import save_weights
+from vesper_core.device import dtype_name
+from vesper_core.distributed import DistInfo, full_model_state, full_optimizer_state, shard_optimizer_state
+from vesper_core.errors import CheckpointError
+from vesper_core.resume_state import LoadedResumeState, ResumeState, save_resume_state, state_paths
+from vesper_metacog.training import METACOG_CONFIG_KEY, adapt_optimizer_state, head_state
+
+if TYPE_CHECKING:
+    from vesper_cli.engine.run_config import RunConfig
+    from vesper_cli.engine.trainer import TrainingRun
+
+_PERIODIC = re.compile(r"^checkpoint-(\d+)\.safetensors$")
+
+
+class Checkpointer:
+    """Checkpoints of one run folder (rank 0 writes; every rank joins the FSDP gathers)."""
+
+    def __init__(self, output_dir: Path, *, cfg: "RunConfig", dist: DistInfo, tokenizer, dtype: torch.dtype):
+        self.output_dir = Path(output_dir)
+        self.cfg = cfg
+        self.dist = dist
+        self.tokenizer = tokenizer
+        self.dtype = dtype
+
+    def save(self, run: "TrainingRun", name: str, *, full_state: bool = True) -> Path:
+        path = self.output_dir / name
+        weights = full_model_state(run.model)  # with FSDP every rank takes part in gathering the full tensors
+        extra = {}
+        if run.head is not None:
+            weights.update(head_state(run.head))
+            extra[METACOG_CONFIG_KEY] = run.head.config.to_dict()
+        optimizer_state = full_optimizer_state(run.optimizer) if full_state else None
+        if not self.dist.is_main:
+            return path
+        if full_state:
+            save_resume_state(path, ResumeState(step=run.step, loader=run.loader.state_dict(), counters=run.counters,
+                                                run_config=self.cfg.to_dict()), optimizer_state,
+                              type(run.optimizer).__name__, run.scaler)
+        save_weights(path, run.model, state_dict=weights, extra={
+            "step": str(run.step), "model_size": self.cfg.model.model_size, "optimizer": self.cfg.optim.name,
+            "tokenizer_sha256": self.tokenizer.sha256(), "dtype": dtype_name(self.dtype), **extra,
+        })
+        if run.log is not None:
+            run.log.write()
+        return path
+
+    def rotate(self, keep_last: int) -> None:
+        """Keep only the newest ``keep_last`` periodic checkpoint-{N} files (with their state)."""
+        if keep_last <= 0 or not self.dist.is_main:
+            return
+        periodic = sorted((int(m.group(1)), p) for p in self.output_dir.iterdir() if (m := _PERIODIC.match(p.name)))
+        for _, path in periodic[:-keep_last]:
+            for file in (path, *state_paths(path)):
+                file.unlink(missing_ok=True)
+
+    def restore(self, run: "TrainingRun", state: LoadedResumeState) -> None:
+        """Optimizer, scaler, data position, counters and RNG: the run continues as if never stopped."""
+        meta = state.meta
+        if meta.get("optimizer_class") != type(run.optimizer).__name__:
+            raise CheckpointError(
+                f"resume state was written by optimizer {meta.get('optimizer_class')}, this run uses "
+                f"{type(run.optimizer).__name__}; pass the same --optimizer")
+        try:
+            saved, note = adapt_optimizer_state(state.optimizer_state_dict(), run.optimizer)
+            if note:
+                run.notes.append(note)
+            run.optimizer.load_state_dict(saved)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"optimizer state in the checkpoint does not fit this model: {exc}") from exc
+        if self.cfg.train.fsdp:
+            shard_optimizer_state(run.optimizer)
+        if meta.get("scaler") and run.scaler.is_enabled():
+            run.scaler.load_state_dict(meta["scaler"])
+        run.loader.load_state_dict(meta["loader"])
+        run.counters.update(meta.get("counters", {}))
+        run.step = state.step
+        state.restore_rng()
+
+
+class NullCheckpointer:
+    """Writes nothing (benchmark arms); restoring is not possible."""
+
+    output_dir = None
+
+    def save(self, run, name: str, *, full_state: bool = True) -> None:
+        return None
+
+    def rotate(self, keep_last: int) -> None:
+        return None
+
+    def restore(self, run, state) -> None:
+        raise CheckpointError("this run keeps no checkpoints, so it cannot resume")

@@ -1,0 +1,474 @@
+"""The trainer behind ``vesper train`` and every ``vesper benchmark`` arm.
+
+``build_training(cfg)`` turns a RunConfig into components (model, objective, optimizer, loader,
+checkpointer); :class:`Trainer` runs the loop around the one step function (:class:`TrainStep`):
+LR schedule -> step -> log / eval / checkpoint, with exact resume, a NaN guard and clean stops.
+Each component is injectable: the benchmark builds in-memory data and a checkpointer that writes
+nothing, and runs the same ``Trainer``.
+
+Nothing here prints: the loop reports through a :class:`TrainObserver` and stops cleanly through a
+:class:`StopControl`. ``from vesper_cli.engine import train``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vesper_core.checkpoint import TOKENIZER_FILE, LoadedCheckpoint, newest_checkpoint, read_checkpoint, step_from_name
+from vesper_core.config import ModelConfig
+from vesper_core.device import dtype_name, parse_dtype
+from vesper_core.distributed import DistInfo, barrier, init_distributed, shard_model, shutdown
+from vesper_core.errors import CheckpointError, ConfigError, VesperError
+from vesper_core.kernels.cross_entropy import perplexity
+from vesper_core.model import METACOG_PREFIX, VesperLM
+from vesper_core.resume_state import LoadedResumeState, load_resume_state
+from vesper_data.loader import BatchLoader, TokenWindows
+from vesper_data.pipeline import load_tokens, open_training_data, prepare_tokenizer
+from vesper_data.streaming import StreamingLoader
+from vesper_data.tokenizers import VesperTokenizer
+from vesper_metacog.training import build_head
+from vesper_optim.param_groups import build_param_groups
+from vesper_optim.registry import build_optimizer
+from vesper_optim.schedules import lr_at
+from vesper_cli.engine.checkpointer import Checkpointer, NullCheckpointer
+from vesper_cli.engine.control import StopControl
+from vesper_cli.engine.evaluation import evaluate
+from vesper_cli.engine.experiment_log import ExperimentLogger
+from vesper_cli.engine.observer import RunInfo, StepMetrics, TrainObserver, TrainResult
+from vesper_cli.engine.run_config import RunConfig
+from vesper_cli.engine.step import StepOutcome, TrainStep, autocast_factory
+from vesper_cli.engine.training_log import TrainingLog
+from vesper_metacog.training import evaluate_calibration
+from vesper_cli.engine.evaluation import eval_batches
+
+
+class TrainingDivergedError(VesperError):
+    """Too many consecutive non-finite steps."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(model_config: ModelConfig, seed: int) -> VesperLM:
+    """The initial weights of a run: the same for ``vesper train`` and every benchmark arm of one seed."""
+    seed_everything(seed)
+    return VesperLM(model_config)
+
+
+def switch_optimizer_mode(optimizer: torch.optim.Optimizer, training: bool) -> None:
+    """Optimizers with train()/eval() (Schedule-Free) evaluate and save their averaged weights."""
+    method = getattr(optimizer, "train" if training else "eval", None)
+    if callable(method):
+        method()
+
+
+@dataclass
+class TrainingRun:
+    """Everything built before the first step, and the counters that the checkpoints carry."""
+
+    cfg: RunConfig
+    dist: DistInfo
+    dtype: torch.dtype
+    model_config: ModelConfig
+    model: VesperLM
+    step_fn: TrainStep
+    optimizer: torch.optim.Optimizer
+    loader: BatchLoader | StreamingLoader
+    checkpointer: Checkpointer | NullCheckpointer
+    log: TrainingLog | None
+    val_windows: TokenWindows | None = None
+    tokenizer: VesperTokenizer | None = None
+    num_train_tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+    step: int = 0
+    counters: dict[str, Any] = field(default_factory=lambda: {
+        "best_loss": None, "bad_steps": 0, "consecutive_bad_steps": 0, "tokens_seen": 0})
+
+    @property
+    def head(self):
+        return self.step_fn.objective.head
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        return self.step_fn.scaler
+
+
+# -- building a run from its config ------------------------------------------------------------------
+def _prepare_output_dir(path: Path, is_main: bool) -> Path:
+    if not is_main:
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".vesper-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--output-dir {path} is not writable ({exc.strerror}); choose another folder") from exc
+    return path
+
+
+def _config_diff(a: ModelConfig, b: ModelConfig) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    return ", ".join([f"{k}: {da[k]} vs {db.get(k)}" for k in da if da[k] != db.get(k)][:4])
+
+
+def _resolve_resume(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        return newest_checkpoint(p)
+    if not p.is_file():
+        raise CheckpointError(f"--resume {p}: no such file or folder; pass a checkpoint-*.safetensors or a run folder")
+    return p
+
+
+def _metacog_only_state(state: LoadedResumeState | None) -> bool:
+    """Whether a resume state was written by a --metacog-only run (then it resumes exactly)."""
+    train_cfg = ((state.meta.get("run_config") or {}).get("train") or {}) if state is not None else {}
+    return bool(train_cfg.get("metacog_only"))
+
+
+def build_optimizer_for(cfg: RunConfig, model: VesperLM, head, vocab_size: int) -> torch.optim.Optimizer:
+    """The run's optimizer over the model's decay / no-decay (/ sparse) groups and the head's."""
+    ocfg = cfg.optim
+    groups = [] if cfg.train.metacog_only else build_param_groups(
+        model, ocfg.weight_decay, sparse_patterns=_sparse_patterns(ocfg))
+    if head is not None:
+        groups += build_param_groups(head, ocfg.weight_decay, name_prefix=METACOG_PREFIX)
+    return build_optimizer(groups, ocfg, vocab_size=vocab_size)
+
+
+def _sparse_patterns(ocfg) -> list[str]:
+    raw = getattr(ocfg, "sparse_params", "") or ""
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun, LoadedResumeState | None]:
+    """Every component of a ``vesper train`` run; validates the inputs before the first write."""
+    tcfg = cfg.train
+    notes: list[str] = []
+    dist_info = init_distributed(tcfg.device)
+    output_dir = _prepare_output_dir(Path(tcfg.output_dir), dist_info.is_main)
+    dtype = parse_dtype(tcfg.dtype)
+    if tcfg.eval_every and not (cfg.data.val_dataset or cfg.data.val_fraction):
+        raise ConfigError("--eval-every needs --val-dataset or --val-fraction (held-out text to evaluate on)")
+
+    resume_path = _resolve_resume(tcfg.resume) if tcfg.resume else None
+    resume_ckpt = read_checkpoint(resume_path) if resume_path else None
+    resume_state = load_resume_state(resume_path) if resume_path else None
+
+    saved = [output_dir / TOKENIZER_FILE]
+    if resume_ckpt is not None:
+        saved = resume_ckpt.tokenizer_candidates() + saved
+    tokenizer, notice = prepare_tokenizer(cfg.data, saved_candidates=saved)
+    if notice:
+        notes.append(notice)
+    if dist_info.is_main:
+        tokenizer.save(output_dir / TOKENIZER_FILE)
+
+    data = open_training_data(cfg.data, tokenizer, seed=tcfg.seed, rank=dist_info.rank,
+                              world_size=dist_info.world_size, on_warning=observer.on_message)
+    notes.extend(data.notes)
+    vocab_size = cfg.data.vocab_size or tokenizer.vocab_size
+    if vocab_size < tokenizer.vocab_size:
+        raise ConfigError(
+            f"--vocab-size {vocab_size} is smaller than the tokenizer's vocabulary ({tokenizer.vocab_size}); "
+            f"token ids would not fit the embedding. Use 0 (the tokenizer's size) or a larger value")
+    model_config = cfg.model.build(vocab_size)
+    if tcfg.metacog_only and resume_ckpt is not None:  # the frozen model is the checkpoint's, whatever the flags
+        model_config, vocab_size = resume_ckpt.config, resume_ckpt.config.vocab_size
+    if resume_ckpt is not None and resume_ckpt.config.to_dict() != model_config.to_dict():
+        raise CheckpointError(
+            f"--resume {resume_ckpt.path}: checkpoint was trained with a different model "
+            f"({_config_diff(resume_ckpt.config, model_config)}); use the same --model-size/--vocab-size/--moe")
+    if cfg.data.seq_len > model_config.max_position_embeddings:
+        raise ConfigError(f"--seq-len {cfg.data.seq_len} is longer than the model's context "
+                          f"({model_config.max_position_embeddings} positions for {cfg.model.model_size}); "
+                          f"lower --seq-len")
+
+    model = build_model(model_config, tcfg.seed)
+    if resume_ckpt is not None:
+        model.load_exported_state_dict(resume_ckpt.state_dict)
+    model.to(dist_info.device)
+    head = None
+    if tcfg.metacog or tcfg.metacog_only:
+        head, note = build_head(model_config, resume_ckpt, dist_info.device, tcfg.metacog_weight)
+        notes.append(note)
+        if tcfg.metacog_only:
+            model.requires_grad_(False)
+            notes.append("metacog-only: the model is frozen, only the meta head trains")
+
+    val_windows = data.val_windows
+    if cfg.data.val_dataset:
+        val_windows = TokenWindows(load_tokens(cfg.data.val_dataset, cfg.data, tokenizer,
+                                               on_warning=observer.on_message), cfg.data.seq_len)
+
+    if tcfg.fsdp:
+        shard_model(model, dist_info)
+    forward_model: torch.nn.Module = model
+    if tcfg.compile:
+        forward_model = torch.compile(model)
+        notes.append("torch.compile on: the first steps compile (slow), checkpoints stay uncompiled")
+    if dist_info.enabled and not tcfg.fsdp and not tcfg.metacog_only:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward_model = DistributedDataParallel(
+            forward_model, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None)
+        notes.append(f"DDP on {dist_info.world_size} ranks ({'nccl' if dist_info.device.type == 'cuda' else 'gloo'}), "
+                     f"global batch {cfg.data.batch_size * dist_info.world_size * tcfg.grad_accum}")
+
+    optimizer = build_optimizer_for(cfg, model, head, vocab_size)
+    step_fn = make_step(cfg, model, forward_model, optimizer, dist_info, head=head, eos_id=tokenizer.eos_id)
+    start_step = 0
+    if tcfg.metacog_only and not _metacog_only_state(resume_state):
+        resume_state = None  # a new run on the frozen weights: fresh head optimizer, data order and step count
+    elif resume_ckpt is not None:
+        start_step = int(resume_ckpt.meta("step", step_from_name(resume_ckpt.path)))
+        if resume_state is None:
+            notes.append(f"warning: {resume_ckpt.path.name} has no resume state beside it (a weights-only or "
+                         f"Rust checkpoint): continuing at step {start_step} with a fresh optimizer and data order")
+    log = TrainingLog.open(output_dir, optimizer=cfg.optim.name, model_size=cfg.model.model_size,
+                           resume_step=start_step)
+    checkpointer = Checkpointer(output_dir, cfg=cfg, dist=dist_info, tokenizer=tokenizer, dtype=dtype)
+    run = TrainingRun(cfg=cfg, dist=dist_info, dtype=dtype, model_config=model_config, model=model, step_fn=step_fn,
+                      optimizer=optimizer, loader=data.loader, checkpointer=checkpointer, log=log,
+                      val_windows=val_windows, tokenizer=tokenizer, num_train_tokens=data.num_tokens, notes=notes,
+                      step=start_step)
+    return run, resume_state
+
+
+def make_step(cfg: RunConfig, model: VesperLM, forward_model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              dist: DistInfo, *, head=None, eos_id: int | None = None) -> TrainStep:
+    """The step function of a run: its objective, optimizer, clipping, precision and ranks."""
+    from vesper_cli.engine.objective import LanguageModelObjective
+
+    dtype = parse_dtype(cfg.train.dtype)
+    objective = LanguageModelObjective(model, forward_model=forward_model, loss_impl=cfg.train.loss, head=head,
+                                       head_only=cfg.train.metacog_only, eos_id=eos_id)
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=dtype == torch.float16)
+    return TrainStep(objective, optimizer, max_grad_norm=cfg.optim.max_grad_norm, scaler=scaler,
+                     autocast=autocast_factory(dist.device, dtype), dist=dist, vocab_size=model.config.vocab_size)
+
+
+# -- the loop ----------------------------------------------------------------------------------------
+def epoch_budget(epochs: int | None, max_steps: int, default_epochs: int) -> int | None:
+    """``epochs`` when given; otherwise ``default_epochs``, or unlimited when ``max_steps`` sets the length."""
+    if epochs is not None:
+        return epochs
+    return None if max_steps else default_epochs
+
+
+def total_steps(epochs: int | None, max_steps: int, steps_per_epoch: int) -> int | None:
+    by_epochs = None if epochs is None else epochs * steps_per_epoch
+    if max_steps > 0:
+        return max_steps if by_epochs is None else min(max_steps, by_epochs)
+    return by_epochs
+
+
+class Trainer:
+    """The loop around the step function: schedule, log, eval, checkpoint, stop."""
+
+    def __init__(self, run: TrainingRun, observer: TrainObserver | None = None, control: StopControl | None = None):
+        self.run = run
+        self.observer = observer or TrainObserver()
+        self.control = control or StopControl()
+        self.checkpoints: list[Path] = []
+
+    def _lr(self, step: int, total: int | None) -> float:
+        ocfg = self.run.cfg.optim
+        return lr_at(step, base_lr=ocfg.lr, schedule=ocfg.lr_schedule, warmup_steps=ocfg.warmup_steps,
+                     max_steps=total or 0, min_lr_ratio=ocfg.min_lr_ratio)
+
+    def _save(self, name: str, *, full_state: bool = True) -> Path | None:
+        run = self.run
+        switch_optimizer_mode(run.optimizer, training=False)
+        path = run.checkpointer.save(run, name, full_state=full_state)
+        switch_optimizer_mode(run.optimizer, training=True)
+        if path is not None:
+            self.checkpoints.append(path)
+            self.observer.on_checkpoint(path)
+        return path
+
+    def _maybe_best(self, loss: float | None, what: str) -> None:
+        best = self.run.counters["best_loss"]
+        if loss is not None and math.isfinite(loss) and (best is None or loss < best):
+            self.run.counters["best_loss"] = loss
+            self.run.counters["best_by"] = what
+            self._save("checkpoint-best.safetensors", full_state=False)
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out loss (and the head's calibration) at this step; logged and reported."""
+        run = self.run
+        switch_optimizer_mode(run.optimizer, training=False)
+        common = dict(device=run.dist.device, autocast=autocast_factory(run.dist.device, run.dtype),
+                      dist_info=run.dist)
+        forward_model = run.step_fn.objective.forward_model
+        calibration = ""
+        if run.head is None:
+            metrics = evaluate(forward_model, run.val_windows, batch_size=run.cfg.data.batch_size,
+                               max_batches=run.cfg.train.eval_batches, loss_impl=run.cfg.train.loss, **common)
+        else:  # one pass gives both the held-out LM loss and the head's calibration
+            batches = eval_batches(run.val_windows, run.cfg.data.batch_size, max_batches=run.cfg.train.eval_batches,
+                                   dist_info=run.dist)
+            cal = evaluate_calibration(forward_model, run.head, batches, eos_id=run.tokenizer.eos_id, **common)
+            metrics = {"val_loss": cal["lm_loss"], "val_ppl": perplexity(cal["lm_loss"]), "val_batches": cal["batches"]}
+            metrics.update({f"metacog_{k}": cal[k] if math.isfinite(cal[k]) else None  # nan: one class missing
+                            for k in ("ece", "auroc", "accuracy", "mean_confidence")})
+            calibration = (f"; confidence ECE {cal['ece']:.4f}, AUROC {cal['auroc']:.3f}, "
+                           f"accuracy {cal['accuracy']:.3f}, mean confidence {cal['mean_confidence']:.3f}")
+        switch_optimizer_mode(run.optimizer, training=True)
+        if run.log is not None:
+            run.log.evaluation(run.step, metrics)
+        self.tracker.log_eval(run.step, metrics)
+        self.observer.on_eval(run.step, metrics)
+        self.observer.on_message(f"eval at step {run.step}: val loss {metrics['val_loss']:.4f}, "
+                                 f"val ppl {metrics['val_ppl']:.1f} ({metrics['val_batches']} batches){calibration}")
+        return metrics
+
+    def fit(self, resume_state: LoadedResumeState | None = None) -> TrainResult:
+        run, observer, control = self.run, self.observer, self.control
+        cfg, tcfg, loader = run.cfg, run.cfg.train, run.loader
+        if loader.num_batches < tcfg.grad_accum:
+            raise ConfigError(f"--grad-accum {tcfg.grad_accum} needs at least that many batches per epoch, the data "
+                              f"gives {loader.num_batches}; lower it or --batch-size")
+        epochs = epoch_budget(tcfg.epochs, tcfg.max_steps, default_epochs=3)  # 3: the Rust default
+        total = total_steps(epochs, tcfg.max_steps, loader.num_batches // tcfg.grad_accum)
+        tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * tcfg.grad_accum * run.dist.world_size
+        if resume_state is not None:
+            run.checkpointer.restore(run, resume_state)
+        observer.on_start(RunInfo(
+            model_size=cfg.model.model_size, num_params=run.model.num_parameters(),
+            vocab_size=run.model_config.vocab_size, device=str(run.dist.device), dtype=dtype_name(run.dtype),
+            optimizer=cfg.optim.name, tokenizer=run.tokenizer.name if run.tokenizer else "",
+            num_train_tokens=run.num_train_tokens, batches_per_epoch=loader.num_batches, total_steps=total,
+            start_step=run.step, notes=run.notes))
+        self.tracker = ExperimentLogger.create(cfg, run.dist.is_main, observer.on_message)
+
+        first_loss = last_loss = None
+        window_losses: list[float] = []  # since the last periodic save: the training-loss "best" criterion
+        epoch_losses: list[float] = []
+        start = time.perf_counter()
+        session_tokens = 0
+        stop_reason = None
+        run.step_fn.objective.train(True)
+        switch_optimizer_mode(run.optimizer, training=True)
+
+        def epochs_done() -> int:
+            return loader.epoch + (1 if loader.index >= loader.num_batches else 0)
+
+        batches = loader.batches_forever()
+        while True:
+            if tcfg.max_steps and run.step >= tcfg.max_steps:
+                break
+            epoch = epochs_done()  # 0-based epoch the next batch comes from
+            if epochs is not None and epoch >= epochs:
+                break
+            lr = self._lr(run.step, total)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_ratio", 1.0)
+            outcome = run.step_fn([next(batches) for _ in range(tcfg.grad_accum)])
+            session_tokens += tokens_per_step
+            if outcome.skipped:
+                self._skipped(outcome)
+            else:
+                run.counters["consecutive_bad_steps"] = 0
+                run.step += 1
+                run.counters["tokens_seen"] += tokens_per_step
+                metrics = self._metrics(outcome, lr, epoch, session_tokens / max(time.perf_counter() - start, 1e-9))
+                if run.log is not None:
+                    run.log.append(metrics)
+                observer.on_step(metrics)
+                if run.step % tcfg.log_every == 0:
+                    self.tracker.log_step(metrics)
+                first_loss = outcome.loss if first_loss is None else first_loss
+                last_loss = outcome.loss
+                window_losses.append(outcome.loss)
+                epoch_losses.append(outcome.loss)
+
+                if tcfg.eval_every and run.val_windows is not None and run.step % tcfg.eval_every == 0:
+                    self._maybe_best(self.evaluate()["val_loss"], "val_loss")
+                if tcfg.save_every and run.step % tcfg.save_every == 0:
+                    self._save(f"checkpoint-{run.step}.safetensors")
+                    run.checkpointer.rotate(tcfg.keep_last)
+                    if run.val_windows is None:
+                        self._maybe_best(sum(window_losses) / len(window_losses), "train_loss")
+                    window_losses.clear()
+
+            if epochs_done() > epoch and epoch_losses:  # this step used the epoch's last batch
+                observer.on_epoch_end(epoch + 1, sum(epoch_losses) / len(epoch_losses))
+                self._save(f"checkpoint-epoch{epoch + 1}.safetensors")
+                epoch_losses.clear()
+            if control.requested:
+                stop_reason = control.reason
+                break
+
+        final_eval = None
+        if stop_reason is not None:
+            final = self._save(f"checkpoint-emergency-step{run.step}.safetensors")
+            observer.on_message(f"stopped by {stop_reason}: resume with --resume {final}")
+        else:
+            if run.val_windows is not None:
+                evals = run.log.evals if run.log is not None else []
+                if not evals or evals[-1]["step"] != run.step:  # not evaluated at this step yet
+                    final_eval = self.evaluate()
+                    self._maybe_best(final_eval["val_loss"], "val_loss")
+            elif window_losses:
+                self._maybe_best(sum(window_losses) / len(window_losses), "train_loss")
+            final = self._save("checkpoint-final.safetensors")
+        self.tracker.finish()
+        result = TrainResult(
+            output_dir=run.checkpointer.output_dir, final_checkpoint=final,
+            log_path=run.log.path if run.log is not None else None, steps=run.step,
+            first_loss=first_loss, final_loss=last_loss, elapsed_s=time.perf_counter() - start,
+            tokens_seen=run.counters["tokens_seen"], checkpoints=self.checkpoints, stopped_by=stop_reason,
+            final_eval=final_eval)
+        observer.on_end(result)
+        return result
+
+    def _skipped(self, outcome: StepOutcome) -> None:
+        run, tcfg = self.run, self.run.cfg.train
+        run.counters["bad_steps"] += 1
+        if "overflow" not in outcome.skipped:
+            run.counters["consecutive_bad_steps"] += 1
+        if run.log is not None:
+            run.log.skipped(run.step, outcome.skipped, outcome.loss, outcome.grad_norm)
+        self.observer.on_message(f"step {run.step + 1} skipped: {outcome.skipped} "
+                                 f"({run.counters['bad_steps']} skipped so far)")
+        if run.counters["consecutive_bad_steps"] >= tcfg.max_bad_steps:
+            path = self._save(f"checkpoint-{run.step}.safetensors")
+            where = f"saved the last good weights to {path}" if path else "nothing was saved"
+            raise TrainingDivergedError(
+                f"{run.counters['consecutive_bad_steps']} consecutive steps had a non-finite loss or gradient "
+                f"(--max-bad-steps {tcfg.max_bad_steps}); stopped, {where}. "
+                f"Lower --lr, use --dtype f32/bf16, or check the data")
+
+    def _metrics(self, outcome: StepOutcome, lr: float, epoch: int, tokens_per_sec: float) -> StepMetrics:
+        extra = outcome.optimizer_metrics
+        return StepMetrics(
+            step=self.run.step, epoch=epoch + 1, loss=outcome.loss, ppl=perplexity(outcome.loss),
+            lr=float(extra.get("lr_effective", lr)), grad_norm=outcome.grad_norm,
+            entropy_scale=float(extra.get("entropy_scale", 1.0)), ppl_scale=float(extra.get("ppl_scale", 1.0)),
+            tokens_per_sec=tokens_per_sec, aux_loss=outcome.aux_loss, metacog=outcome.metacog,
+            beta1=extra.get("beta1_effective"))
+
+
+def train(cfg: RunConfig, observer: TrainObserver | None = None, control: StopControl | None = None) -> TrainResult:
+    """Train one model as ``cfg`` says; returns where everything was written."""
+    observer = observer or TrainObserver()
+    run, resume_state = build_training(cfg, observer)
+    try:
+        result = Trainer(run, observer, control).fit(resume_state)
+        barrier(run.dist)  # rank 0 may still be writing files: leave the process group together
+        return result
+    finally:
+        shutdown(run.dist)

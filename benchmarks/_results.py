@@ -12,7 +12,6 @@
     }
 
 Scripts call :func:`write_results`; :func:`load_results` reads a file back and checks the shape.
-``save_result`` (one free-form dict) is kept for scripts not converted yet.
 """
 
 from __future__ import annotations
@@ -127,11 +126,3 @@ def load_results(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: not a results file of schema {SCHEMA_VERSION} (missing {missing})")
     return data
-
-
-def save_result(name: str, row: dict[str, Any]) -> Path:
-    """Legacy: one free-form dict to benchmarks/results/<name>.json (use write_results)."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    write_json_atomic(path, row)
-    return path

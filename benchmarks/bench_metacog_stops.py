@@ -26,7 +26,7 @@ import string
 from collections import Counter
 from pathlib import Path
 
-from _results import environment, save_result
+from _results import write_results
 from vesper_cli.engine.generation import SamplingConfig, load_generator
 from vesper_cli.engine.metacog_generation import MetacogSummary, metacog_stream, sentence_ends
 from vesper_data.demo import demo_corpus
@@ -113,10 +113,12 @@ def main() -> None:
               for decoding in results["easy"]}
     print("hard/easy mean tokens: " + ", ".join(f"{d} {r:.2f}x" for d, r in ratios.items()))
 
-    row = {**environment("cpu"), "model": str(args.model), "text": args.text, "max_tokens": args.max_tokens,
-           "temperature": args.temperature, "regulator_overrides": args.overrides,
-           "prompts": sets, "results": results, "hard_over_easy_mean_tokens": ratios}
-    print(f"wrote {save_result('bench_metacog_stops', row)}")
+    rows = [{"set": name, "decoding": decoding, **row, "hard_over_easy_mean_tokens": ratios[decoding]}
+            for name, by_decoding in results.items() for decoding, row in by_decoding.items()]
+    path = write_results("metacog_stops", rows, device="cpu", computed=["hard_over_easy_mean_tokens"],
+                         notes=[f"model {args.model}, text {args.text}, max_tokens {args.max_tokens}, temperature "
+                                f"{args.temperature}, regulator overrides {args.overrides}", f"prompts: {sets}"])
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

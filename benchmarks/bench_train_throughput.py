@@ -27,7 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from _results import environment, save_result
+from _results import write_results
 from vesper_cli.engine.observer import TrainObserver
 from vesper_cli.engine.run_config import build_run_config
 from vesper_cli.engine.trainer import autocast_factory, train
@@ -142,15 +142,18 @@ def main() -> None:
         for key, value in best.items():
             print(f"[{dtype}]   {key:14s} {value:9.0f} tok/s   MFU {100 * mfu[key]:5.1f}%")
         print(f"[{dtype}]   vesper/plain (both AdamW) = {ratio:.3f}x (goal >= 1.0x)")
-        rows.append({"dtype": dtype, "matmul_flops": peak, "tokens_per_sec": best, "mfu": mfu,
-                     "vesper_over_plain": ratio})
+        rows.append({"dtype": dtype, "preset": args.preset, "params": num_params, "vocab": args.vocab,
+                     "batch_size": args.batch_size, "seq_len": args.seq_len, "flops_per_token": flops_per_token,
+                     "matmul_flops": peak, **{f"{k}_tokens_per_sec": v for k, v in best.items()},
+                     **{f"{k}_mfu": v for k, v in mfu.items()}, "vesper_over_plain": ratio})
 
-    result = {"benchmark": "train_throughput", **environment(device_name),
-              "preset": args.preset, "params": num_params, "vocab": args.vocab, "batch_size": args.batch_size,
-              "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-              "flops_per_token": flops_per_token, "results": rows}
     if not args.no_save:
-        path = save_result(f"bench_train_throughput_{args.device.split(':')[0]}", result)
+        path = write_results("train_throughput", rows, device=device_name,
+                             stem=f"bench_train_throughput_{args.device.split(':')[0]}",
+                             computed=["flops_per_token", "vesper_over_plain"] + [k for k in rows[0] if k.endswith("_mfu")],
+                             notes=[f"best of {args.rounds} rounds of {args.steps} timed steps after {args.warmup} "
+                                    f"warm-up steps; MFU = tok/s x flops_per_token / the measured matmul FLOP/s",
+                                    "flops_per_token is analytic (6N + attention), not measured"])
         print(f"wrote {path}")
 
 

@@ -47,7 +47,9 @@ class OptimConfig:
     perplexity_guided: bool = True
     """Velvet: scale beta1 by the perplexity scale s_p."""
     sparse_aware: bool = False
-    """Velvet: keep structural zeros of ``sparse=True`` groups at zero."""
+    """Velvet: keep the exact zeros of the sparse parameter groups (--sparse-params) at zero."""
+    sparse_params: str = ""
+    """Comma-separated shell patterns of parameter names that form the sparse group (e.g. 'layers.*.ffn.*.lora_*')."""
     backend: str = "auto"
     """Velvet kernel backend: "auto", "reference", "foreach", "fused", "triton", "cupy" or a plugin."""
     lr_schedule: str = "constant"

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from vesper_core.errors import ConfigError
-from vesper_core.kernels.cross_entropy import CHUNK_LOGITS_ELEMENTS
+from vesper_core.kernels.cross_entropy import MAX_LOG_PERPLEXITY, normalized_entropy  # noqa: F401 (re-exported)
 from vesper_core.registry import Registry
 
 ENTROPY_SIGNALS = ("loss", "logits")
@@ -235,7 +235,7 @@ VELVET_RULES: Registry[VelvetRules] = Registry("Velvet rules preset", "vesper.ve
 #: The upstream Python optimizer (UPSTREAM_SPEC §3.3, row "Py set_loss_metrics"), exactly.
 UPSTREAM = VelvetRules(
     entropy_signal="loss", entropy_target=0.5, entropy_bounds=(0.7, 1.3), perplexity_target=40.0,
-    perplexity_bounds=(0.7, 1.3), beta1_range=(0.5, 0.999), max_log_perplexity=20.0, lr_combine="multiply",
+    perplexity_bounds=(0.7, 1.3), beta1_range=(0.5, 0.999), max_log_perplexity=MAX_LOG_PERPLEXITY, lr_combine="multiply",
 )
 VELVET_RULES.register("upstream", UPSTREAM)
 # Rust/Candle `vesper train` (§3.3 row 2): wider clamps. Its s_p has no cap on the loss, but with
@@ -288,25 +288,3 @@ def perplexity_scale(loss: float | torch.Tensor, bounds: tuple[float, float] | N
     if bounds is not None:
         r = r.replace(perplexity_bounds=check_bounds(bounds, "scale_bounds"))
     return r.perplexity_scale(loss)
-
-
-@torch.no_grad()
-def normalized_entropy(logits: torch.Tensor, *, max_chunk_elements: int = CHUNK_LOGITS_ELEMENTS) -> torch.Tensor:
-    """Mean over positions of ``-sum(softmax * log softmax) / ln V`` as a 0-dim f32 tensor.
-
-    ``logits`` is ``(..., V)``. Rows are processed in chunks of at most ``max_chunk_elements``
-    so that at most one chunk is ever up-cast to f32. No host sync.
-    """
-    if logits.dim() == 0:
-        raise ConfigError("normalized_entropy needs logits of shape (..., vocab_size), got a scalar")
-    vocab = logits.shape[-1]
-    rows = logits.reshape(-1, vocab)  # (N, V)
-    total = torch.zeros((), dtype=torch.float32, device=logits.device)
-    if vocab < 2 or rows.shape[0] == 0:
-        return total
-    chunk_rows = max(1, max_chunk_elements // vocab)
-    for start in range(0, rows.shape[0], chunk_rows):
-        chunk = rows[start:start + chunk_rows].float()  # (n, V)
-        probs = torch.softmax(chunk, dim=-1)
-        total += torch.special.entr(probs).sum()  # entr(0) = 0: masked (-inf) logits are fine
-    return total / (rows.shape[0] * math.log(vocab))

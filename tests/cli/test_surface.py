@@ -16,6 +16,9 @@ TRAIN_FLAGS = {
     "--val-dataset", "--eval-every", "--keep-last", "--max-bad-steps", "--compile", "--fsdp", "--num-workers", "--cache", "--streaming", "--chunk-mb", "--wandb",
     "--wandb-project", "--wandb-run", "--metacog", "--metacog-only", "--metacog-weight",
     "--text-field", "--val-fraction", "--eval-batches", "--loss", "--min-lr-ratio", "--beta1", "--beta2", "--eps",
+    "--velvet-rules", "--entropy-signal", "--entropy-target", "--perplexity-target", "--lr-combine",
+    "--entropy-adaptive", "--no-entropy-adaptive", "--perplexity-guided", "--no-perplexity-guided", "--sparse-aware",
+    "--sparse-params", "--backend",
 }
 GENERATE_FLAGS = {
     "--model", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",
@@ -27,6 +30,9 @@ BENCHMARK_FLAGS = {
     "--seq-len", "--output", "--seeds", "--seed", "--optimizers", "--lr-sweep", "--val-fraction", "--val-tokens",
     "--dtype", "--device", "--plot", "--json",
     "--text-field", "--loss", "--warmup-steps", "--lr-schedule", "--min-lr-ratio", "--weight-decay", "--max-grad-norm",
+    "--velvet-rules", "--entropy-signal", "--entropy-target", "--perplexity-target", "--lr-combine",
+    "--entropy-adaptive", "--no-entropy-adaptive", "--perplexity-guided", "--no-perplexity-guided", "--sparse-aware",
+    "--sparse-params", "--backend",
 }
 PLOT_FLAGS = {"--output"}
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.train.conftest import make_text, run_config, weights
-from vesper_cli.engine import trainer as training
+import vesper_core.model as training  # the model computes the loss: its F is patched
 from vesper_cli.engine.trainer import TrainingDivergedError, train
 
 
@@ -25,7 +25,7 @@ def test_grad_accum_4x2_equals_batch_8(tmp_path, text_file):
 
 
 class _NaNLoss:
-    """Wraps torch.nn.functional so that chosen cross-entropy calls return NaN."""
+    """Wraps torch.nn.functional (as the model sees it) so that chosen cross-entropy calls return NaN."""
 
     def __init__(self, bad_calls):
         self.bad_calls, self.calls = set(bad_calls), 0
@@ -127,3 +127,33 @@ def test_chunked_loss_matches_standard(tmp_path, text_file, dtype):
     for a, b in zip(runs["standard"], runs["chunked"]):
         assert abs(a["loss"] - b["loss"]) < tol, (a, b)
         assert abs(a["entropy_scale"] - b["entropy_scale"]) < tol
+
+
+def test_sparse_params_pattern_marks_the_sparse_group(tmp_path, text_file):
+    """--sparse-aware --sparse-params PATTERN: the matching parameters form Velvet's sparse group (whose exact
+    zeros Velvet keeps at zero, tests/optim); a pattern that matches nothing is one clear error."""
+    from vesper_cli.engine.trainer import build_optimizer_for
+    from vesper_core.model import VesperLM
+    from vesper_core.presets import model_config
+
+    cfg = run_config(text_file, tmp_path / "o", optimizer="velvet", sparse_aware=True,
+                     sparse_params="layers.*.attention.q_proj.weight")
+    model = VesperLM(model_config("nano", vocab_size=257))
+    groups = build_optimizer_for(cfg, model, None, 257).param_groups
+    sparse = [g for g in groups if g.get("sparse")]
+    assert len(sparse) == 1 and all(".attention.q_proj.weight" in n for n in sparse[0]["param_names"])
+
+    bad = run_config(text_file, tmp_path / "o", optimizer="velvet", sparse_params="layers.*.nothing")
+    with pytest.raises(Exception, match="--sparse-params 'layers.\\*.nothing' matches no trainable parameter"):
+        build_optimizer_for(bad, model, None, 257)
+
+
+def test_sparse_params_from_the_command_line(tmp_path, text_file, cli):
+    out = tmp_path / "run"
+    code, _, err = cli("train", "--dataset", text_file, "--tokenizer", "byte", "--model-size", "nano", "--seq-len", "16",
+                       "--max-steps", "2", "--dtype", "f32", "--output-dir", out, "--sparse-aware",
+                       "--sparse-params", "layers.*.attention.q_proj.weight")
+    assert code == 0, err
+    code, _, err = cli("train", "--dataset", text_file, "--tokenizer", "byte", "--model-size", "nano", "--max-steps",
+                       "1", "--output-dir", tmp_path / "bad", "--sparse-params", "nope.*")
+    assert code != 0 and err.count("Error:") == 1 and "--sparse-params 'nope.*'" in err

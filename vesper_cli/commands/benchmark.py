@@ -118,6 +118,16 @@ def benchmark_command(
     min_lr_ratio: Optional[float] = config_option(O, "min_lr_ratio"),
     weight_decay: Optional[float] = config_option(O, "weight_decay"),
     max_grad_norm: Optional[float] = config_option(O, "max_grad_norm"),
+    velvet_rules: Optional[str] = config_option(O, "velvet_rules"),
+    entropy_signal: Optional[str] = config_option(O, "entropy_signal", default=None),
+    entropy_target: Optional[float] = config_option(O, "entropy_target", default=None),
+    perplexity_target: Optional[float] = config_option(O, "perplexity_target", default=None),
+    lr_combine: Optional[str] = config_option(O, "lr_combine", default=None),
+    entropy_adaptive: Optional[bool] = config_option(O, "entropy_adaptive", "--entropy-adaptive/--no-entropy-adaptive"),
+    perplexity_guided: Optional[bool] = config_option(O, "perplexity_guided", "--perplexity-guided/--no-perplexity-guided"),
+    sparse_aware: Optional[bool] = config_option(O, "sparse_aware", flag=True),
+    sparse_params: Optional[str] = config_option(O, "sparse_params"),
+    backend: Optional[str] = config_option(O, "backend"),
     plot: bool = typer.Option(False, "--plot", help="Also write the four graphs as OUTPUT with a .png suffix."),
     json_out: bool = typer.Option(False, "--json", help="Print the report JSON on stdout instead of the table."),
 ) -> None:
@@ -129,7 +139,10 @@ def benchmark_command(
                      seed=seed, optimizers=optimizers, lr_sweep=lr_sweep, val_fraction=val_fraction,
                      val_tokens=val_tokens, dtype=dtype, device=device, loss=loss, warmup_steps=warmup_steps,
                      lr_schedule=lr_schedule, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay,
-                     max_grad_norm=max_grad_norm)
+                     max_grad_norm=max_grad_norm, velvet_rules=velvet_rules, entropy_signal=entropy_signal,
+                     entropy_target=entropy_target, perplexity_target=perplexity_target, lr_combine=lr_combine,
+                     entropy_adaptive=entropy_adaptive, perplexity_guided=perplexity_guided,
+                     sparse_aware=sparse_aware, sparse_params=sparse_params, backend=backend)
     cfg = BenchConfig.from_flat(**settings)
     _check_writable(output)  # fail before the runs, not after them
     if plot:

@@ -50,7 +50,7 @@ def _shown(value: Any) -> str:
 def help_for(cls: type, name: str, *, default: Any = dataclasses.MISSING, note: str = "") -> str:
     doc = field_docs(cls).get(name, "")
     value = field_default(cls, name) if default is dataclasses.MISSING else default
-    shown = "" if value is None or isinstance(value, bool) and not value else f"  [default: {_shown(value)}]"
+    shown = "" if value in (None, "") or isinstance(value, bool) and not value else f"  [default: {_shown(value)}]"
     return f"{doc}{(' ' + note) if note else ''}{shown}"
 
 

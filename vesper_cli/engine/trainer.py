@@ -375,7 +375,7 @@ class Trainer:
                 break
             lr = self._lr(run.step, total)
             for group in run.optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_ratio", 1.0)
+                group["lr"] = lr
             outcome = run.step_fn([next(batches) for _ in range(tcfg.grad_accum)])
             session_tokens += tokens_per_step
             if outcome.skipped:

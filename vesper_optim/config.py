@@ -78,6 +78,10 @@ class OptimConfig:
     """Cap on the loss inside exp() for the perplexity (upstream 20)."""
     lr_combine: str | None = None
     """How the LR scale combines with the schedule: "multiply" (upstream)."""
+    hypergradient_rate: float | None = None
+    """kappa of the hypergradient LR multiplier, 0 = off (default preset 0.05, upstream 0)."""
+    hypergradient_bounds: tuple[float, float] | None = None
+    """Clamp (lo, hi) of the hypergradient LR multiplier (default (0.25, 4))."""
 
     def __post_init__(self) -> None:
         _check(self.lr, "lr", lambda x: math.isfinite(x) and x >= 0, "a finite number >= 0")

@@ -8,8 +8,15 @@ twice). Every constant of those rules is a field of :class:`VelvetRules`::
          | min(loss, ln V) / ln V                     (entropy_signal "loss")
     s_e  = clamp(h / entropy_target, *entropy_bounds)
     s_p  = clamp(perplexity_target / max(exp(min(loss, max_log_perplexity)), 1), *perplexity_bounds)
-    lr_e = combine(lr, s_e)                           (lr_combine "multiply": lr * s_e)
+    lr_e = combine(lr · m, s_e)                       (lr_combine "multiply": lr * m * s_e)
     β1_e = clamp(β1 * s_p, *beta1_range)
+    m    = clamp(m · exp(hypergradient_rate · cos(g_t, u_{t-1})), *hypergradient_bounds)   (m_0 = 1)
+
+``m`` is the hypergradient LR multiplier (the multiplicative, normalised form of hypergradient
+descent, Baydin et al. 2018): ``u_{t-1}`` is the previous update (θ_{t-1} − θ_t, weight decay
+included) and ``g_t`` this step's clipped gradient, over all parameters at once. Still moving
+downhill along the last update (cosine > 0) raises the LR; an overshoot (cosine < 0) lowers it.
+``hypergradient_rate`` 0 turns it off (m = 1).
 
 A non-finite loss (or entropy) gives 1.0 for the scale it drives. Named presets live in
 :data:`VELVET_RULES`: ``upstream`` is the original Python optimizer's rules exactly, the Rust
@@ -93,8 +100,12 @@ def validate_rule_field(name: str, value: Any, label: str | None = None) -> Any:
         if value not in LR_COMBINES:
             raise ConfigError(f"{label} must be one of {', '.join(LR_COMBINES)}, got {value!r}")
         return value
-    if name in ("entropy_bounds", "perplexity_bounds"):
+    if name in ("entropy_bounds", "perplexity_bounds", "hypergradient_bounds"):
         return _pair(value, label, "scale")
+    if name == "hypergradient_rate":
+        if not (_is_number(value) and 0.0 <= float(value) <= 1.0):
+            raise ConfigError(f"{label} must be a number in [0, 1] (0 = off), got {value!r}")
+        return float(value)
     if name == "beta1_range":
         return _pair(value, label, "beta")
     if name in ("entropy_target", "perplexity_target"):
@@ -136,6 +147,10 @@ class VelvetRules:
     """Cap on the loss inside exp(): keeps the perplexity finite."""
     lr_combine: str
     """How s_e combines with the scheduled LR: "multiply" (lr_e = lr * s_e)."""
+    hypergradient_rate: float = 0.0
+    """kappa of the hypergradient LR multiplier m (0 = off): m <- m * exp(kappa * cos(g_t, u_{t-1}))."""
+    hypergradient_bounds: tuple[float, float] = (0.25, 4.0)
+    """Clamp (lo, hi) of the hypergradient multiplier m."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -244,9 +259,18 @@ VELVET_RULES.register("upstream_rust", UPSTREAM.replace(entropy_bounds=(0.5, 2.0
 # Rust `vesper benchmark` (§3.3 row 4): the same clamps, the entropy of the actual logits.
 VELVET_RULES.register("upstream_rust_benchmark", VELVET_RULES.get("upstream_rust").replace(entropy_signal="logits"))
 
-#: What Velvet uses unless told otherwise. Change the rules here (one line), e.g.
-#: ``UPSTREAM.replace(entropy_target=0.6)``; the tests pin ``upstream``, not this.
-DEFAULT = UPSTREAM
+#: The hypergradient LR multiplier alone (kappa 0.05, m in [1/4, 4]), the entropy and perplexity rules
+#: neutral (both scales clamped to 1: beta1 stays at its setting). Chosen by the rule study (README
+#: "Velvet's rules, studied"): the upstream perplexity rule drives beta1 to 0.999 at low perplexity and
+#: loses ~0.7 nats; the entropy rule alone ties AdamW at its best LR but raises the LR when a too-high LR
+#: makes training unstable; the hypergradient multiplier ties AdamW at its best LR and loses less when
+#: the LR is too low.
+HYPERGRADIENT = UPSTREAM.replace(entropy_bounds=(1.0, 1.0), perplexity_bounds=(1.0, 1.0), hypergradient_rate=0.05)
+VELVET_RULES.register("hypergradient", HYPERGRADIENT)
+
+#: What Velvet uses unless told otherwise. Change the rules here (one line); the tests pin
+#: ``upstream``, not this.
+DEFAULT = HYPERGRADIENT
 VELVET_RULES.register("default", DEFAULT)
 
 
@@ -275,7 +299,7 @@ def entropy_scale(
     rules: VelvetRules | str | None = None,
 ) -> float:
     """``s_e`` under ``rules`` (default preset); ``bounds`` overrides its entropy_bounds."""
-    r = resolve_rules(rules)
+    r = resolve_rules(UPSTREAM if rules is None else rules)
     if bounds is not None:
         r = r.replace(entropy_bounds=check_bounds(bounds, "scale_bounds"))
     return r.entropy_scale(loss, vocab_size=vocab_size, normalized_entropy=normalized_entropy)
@@ -284,7 +308,7 @@ def entropy_scale(
 def perplexity_scale(loss: float | torch.Tensor, bounds: tuple[float, float] | None = None, *,
                      rules: VelvetRules | str | None = None) -> float:
     """``s_p`` under ``rules`` (default preset); ``bounds`` overrides its perplexity_bounds."""
-    r = resolve_rules(rules)
+    r = resolve_rules(UPSTREAM if rules is None else rules)
     if bounds is not None:
         r = r.replace(perplexity_bounds=check_bounds(bounds, "scale_bounds"))
     return r.perplexity_scale(loss)

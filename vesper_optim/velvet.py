@@ -39,9 +39,10 @@ _GROUP_DEFAULTS: dict[str, Any] = {
     "entropy_scale": 1.0,  # s_e applied at the next step (1.0 when entropy_adaptive is off)
     "ppl_scale": 1.0,  # s_p applied at the next step (1.0 when perplexity_guided is off)
     "grad_norm": 0.0,  # pre-clip global gradient norm of the last step
+    "hypergradient_scale": 1.0,  # m, the hypergradient LR multiplier the next step applies (rules)
 }
 _STATE_DTYPES = {"step": torch.float32, "beta1_prod": torch.float64,
-                 "exp_avg": torch.float32, "exp_avg_sq": torch.float32}
+                 "exp_avg": torch.float32, "exp_avg_sq": torch.float32, "prev_update": torch.float32}
 _HOST_STATE = ("step", "beta1_prod")  # kept on the CPU like torch's non-capturable `step`
 _LEGACY_BOUNDS = "scale_bounds"  # one clamp for both scales, before the rules had two
 
@@ -150,6 +151,7 @@ class Velvet(Optimizer):
         self.vocab_size = vocab_size
         self._grad_norm: Tensor | float | None = None  # norm of the current grads (clip or set_signals)
         self._grad_key: tuple | None = None  # which grads that norm belongs to (see _grads_key)
+        self._hypergradient_key: tuple | None = None  # the grads the hypergradient multiplier last saw
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
             entropy_adaptive=entropy_adaptive, perplexity_guided=perplexity_guided,
@@ -181,6 +183,7 @@ class Velvet(Optimizer):
         self.__dict__.setdefault("_requested_backend", F.requested_backend(self.backend))
         self.__dict__.setdefault("vocab_size", None)
         self.__dict__.setdefault("_grad_norm", None)
+        self.__dict__.setdefault("_hypergradient_key", None)
         self.__dict__.setdefault("_grad_key", None)
         self._group_backends = {}
         default = _rule_values(resolve_rules(None))
@@ -307,6 +310,9 @@ class Velvet(Optimizer):
             else:
                 group["entropy_scale"] = 1.0
             group["ppl_scale"] = rules.perplexity_scale(loss_f) if group["perplexity_guided"] else 1.0
+        hypergradient = self._hypergradient_groups()
+        if hypergradient and any(p.grad is not None for g in hypergradient for p in g["params"]):
+            self._update_hypergradient_scale(hypergradient)
         if grad_norm is not None:
             if not (torch.is_tensor(grad_norm) or isinstance(grad_norm, (int, float))) or isinstance(grad_norm, bool):
                 raise ConfigError(f"grad_norm must be a number or a 0-dim tensor, got {grad_norm!r}")
@@ -355,7 +361,8 @@ class Velvet(Optimizer):
     def effective_lr(self, group_index: int = 0) -> float:
         """The LR the next step applies in this group: the scheduled lr combined with s_e."""
         g = self.param_groups[group_index]
-        return F.effective_lr(g["lr"], g["entropy_scale"], g["entropy_adaptive"], group_rules(g))
+        return F.effective_lr(g["lr"] * g["hypergradient_scale"], g["entropy_scale"], g["entropy_adaptive"],
+                              group_rules(g))
 
     def effective_beta1(self, group_index: int = 0) -> float:
         """The beta1 the next step applies in this group."""
@@ -366,7 +373,30 @@ class Velvet(Optimizer):
         """Group 0's applied values: after set_signals, those the next step() applies."""
         g = self.param_groups[0]
         return {"lr_effective": self.effective_lr(0), "entropy_scale": float(g["entropy_scale"]),
-                "ppl_scale": float(g["ppl_scale"]), "beta1_effective": self.effective_beta1(0)}
+                "ppl_scale": float(g["ppl_scale"]), "beta1_effective": self.effective_beta1(0),
+                "hypergradient_scale": float(g["hypergradient_scale"])}
+
+    # -- the hypergradient LR multiplier (rules.hypergradient_rate > 0) ----------------------
+    def _hypergradient_groups(self) -> list[dict[str, Any]]:
+        return [g for g in self.param_groups if g["hypergradient_rate"] > 0]
+
+    def _update_hypergradient_scale(self, groups: list[dict[str, Any]]) -> None:
+        """m <- clamp(m * exp(kappa * cos(g_t, u_{t-1}))) for these groups (one cosine over all of their
+        parameters), once per set of gradients: set_signals does it (so the logged m is the applied one),
+        else step."""
+        key = self._grads_key()
+        if self._hypergradient_key == key:
+            return
+        self._hypergradient_key = key
+        previous = [(p.grad, self.state[p]["prev_update"]) for g in groups for p in g["params"]
+                    if p.grad is not None and "prev_update" in self.state[p]]
+        if not previous:
+            return
+        cos = _cosine([g for g, _ in previous], [u for _, u in previous])
+        for g in groups:
+            lo, hi = g["hypergradient_bounds"]
+            g["hypergradient_scale"] = min(max(g["hypergradient_scale"] * math.exp(g["hypergradient_rate"] * cos),
+                                               lo), hi)
 
     # -- step ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -380,6 +410,11 @@ class Velvet(Optimizer):
             self._forget_norm()  # stale: a skipped step (GradScaler) or gradients changed since
         if self._grad_norm is None and self._max_grad_norm() > 0:
             self.clip_grad_norm_()
+        hypergradient = self._hypergradient_groups()
+        before = None
+        if hypergradient:
+            self._update_hypergradient_scale(hypergradient)
+            before = [(p, p.detach().float().clone()) for g in hypergradient for p in g["params"] if p.grad is not None]
         for index, group in enumerate(self.param_groups):
             params, grads, exp_avgs, exp_avg_sqs, steps, beta1_prods = self._init_group(group)
             if not params:
@@ -387,19 +422,32 @@ class Velvet(Optimizer):
             beta1, beta2 = group["betas"]
             F.velvet(
                 params, grads, exp_avgs, exp_avg_sqs, steps, beta1_prods,
-                lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                lr=group["lr"] * group["hypergradient_scale"], beta1=beta1, beta2=beta2, eps=group["eps"],
                 weight_decay=group["weight_decay"], entropy_scale=group["entropy_scale"],
                 ppl_scale=group["ppl_scale"], entropy_adaptive=group["entropy_adaptive"],
                 perplexity_guided=group["perplexity_guided"],
                 sparse_mask_enabled=group["sparse_aware"] and group["sparse"], rules=group_rules(group),
                 backend=self._backend_for(index, group),
             )
+        if before is not None:  # u_t = theta_{t-1} - theta_t, for the next step's cosine
+            for p, old in before:
+                self.state[p]["prev_update"] = old.sub_(p.detach().float())
+            self._hypergradient_key = None
         # read the norm after the updates are queued: the one host sync of the step
         grad_norm = 0.0 if self._grad_norm is None else float(self._grad_norm)
         self._forget_norm()  # consumed: the next step's gradients need their own
         for group in self.param_groups:
             group["grad_norm"] = grad_norm
         return loss
+
+
+def _cosine(grads: list[Tensor], updates: list[Tensor]) -> float:
+    """cos(g, u) over all tensors at once (f32 accumulation); 0 when either is zero. One host sync."""
+    dot = sum(torch.vdot(g.float().flatten(), u.flatten()) for g, u in zip(grads, updates))
+    gg = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([g.float() for g in grads])))
+    uu = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(updates)))
+    denom = float(gg * uu)
+    return float(dot) / denom if denom > 0 and math.isfinite(denom) else 0.0
 
 
 def _rule_values(rules: VelvetRules) -> dict[str, Any]:

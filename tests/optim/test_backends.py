@@ -18,10 +18,18 @@ if not torch.cuda.is_available():
 
 from optim_helpers import make_mlp  # noqa: E402
 from vesper_core.errors import BackendUnavailableError, ConfigError, VesperError  # noqa: E402
-from vesper_optim import Velvet  # noqa: E402
+from vesper_optim import Velvet as _Velvet  # noqa: E402
 from vesper_optim import functional as F  # noqa: E402
+from vesper_optim.signals import UPSTREAM  # noqa: E402
 from vesper_optim.kernels import SPARSE_THRESHOLD  # noqa: E402
 from vesper_optim.kernels.velvet_fused_cpu import fused_beta_ok, velvet_fused_cpu_  # noqa: E402
+
+
+def Velvet(*args, **kwargs):  # noqa: N802 - these tests check the upstream formulas (UPSTREAM_SPEC §3.3)
+    """Velvet with the ``upstream`` rules unless a test picks others (the product default is tested apart)."""
+    kwargs.setdefault("rules", "upstream")
+    return _Velvet(*args, **kwargs)
+
 
 BACKENDS = ["reference", "foreach", "fused", "triton", "cupy"]
 LOSSES = [7.5, 5.2, 4.4, 3.9, 3.5, 3.2, 3.0, 2.5]  # s_p reaches its upper bound: beta1 hits its cap
@@ -34,7 +42,8 @@ CASES = {
     "bf16": dict(kw={}, dtype=torch.bfloat16),
     "f16": dict(kw={}, dtype=torch.float16),
     "f64": dict(kw={}, dtype=torch.float64),
-    "beta1_cap_0.99999999": dict(kw=dict(rules={"beta1_range": (0.5, 0.99999999)})),
+    # the upstream rules: their perplexity scale moves beta1 up to the cap
+    "beta1_cap_0.99999999": dict(kw=dict(rules=UPSTREAM.replace(beta1_range=(0.5, 0.99999999)))),
 }
 # Tolerance vs the reference after the steps below, by param dtype. f32: kernels fold the scalars in
 # another order (a few ulps per step). bf16/f16: one storage ulp (of values up to ~1) per step,
@@ -132,15 +141,15 @@ def test_auto_picks_a_backend_that_can_run_the_settings(monkeypatch):
     assert Velvet([p()]).backends() == ["fused"]
     assert Velvet([p()], betas=(0.9, 0.9999)).backends() == ["fused"]  # exact there (see fused_beta_ok)
     assert Velvet([p()], betas=(0.9, 0.99999999)).backends() == ["foreach"]
-    assert Velvet([p()], rules={"beta1_range": (0.5, 0.99999999)}).backends() == ["foreach"]
+    assert Velvet([p()], rules=UPSTREAM.replace(beta1_range=(0.5, 0.99999999))).backends() == ["foreach"]
     assert Velvet([p()], perplexity_guided=False, betas=(0.99999999, 0.999)).backends() == ["foreach"]
     assert Velvet([p(torch.float64)]).backends() == ["foreach"]
     assert Velvet([p(torch.bfloat16)]).backends() == ["fused"]
     sparse = Velvet([{"params": [p()], "sparse": True}, {"params": [p()]}], sparse_aware=True)
     assert sparse.backends() == ["foreach", "fused"]
     # the perplexity rule's beta1 range decides, not the beta1 given: 0.9 * 1.3 is clamped to the cap
-    assert Velvet([p()], betas=(0.9, 0.999), rules={"beta1_range": (0.5, 0.99999999)}).backends() == ["foreach"]
-    assert Velvet([p()], betas=(0.5, 0.999), rules={"beta1_range": (0.5, 0.99999999)}).backends() == ["fused"]  # 0.5 * 1.3
+    assert Velvet([p()], betas=(0.9, 0.999), rules=UPSTREAM.replace(beta1_range=(0.5, 0.99999999))).backends() == ["foreach"]
+    assert Velvet([p()], betas=(0.5, 0.999), rules=UPSTREAM.replace(beta1_range=(0.5, 0.99999999))).backends() == ["fused"]  # 0.5 * 1.3
 
 
 def test_auto_on_beta2_0_9999_cpu_trains_like_reference(monkeypatch):

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from vesper_core.errors import BackendUnavailableError, ConfigError, UnknownNameError
-from vesper_optim import Velvet
+from vesper_optim import Velvet as _Velvet
 from vesper_optim import functional as F
+
+
+def Velvet(*args, **kwargs):  # noqa: N802 - these tests check the upstream formulas (UPSTREAM_SPEC §3.3)
+    """Velvet with the ``upstream`` rules unless a test picks others (the product default is tested apart)."""
+    kwargs.setdefault("rules", "upstream")
+    return _Velvet(*args, **kwargs)
+
 
 SHAPES = [(7,), (3, 5), (1,), (17, 33), (0, 4), (2, 3, 5)]
 LOSSES = [7.5, 5.2, 4.4, 3.9, 3.7, 3.65, 3.5, 3.2, float("nan"), 6.0]

@@ -8,9 +8,16 @@ import torch
 
 from optim_helpers import make_mlp
 from vesper_core.errors import ConfigError
-from vesper_optim import SIGNALS, ReportsMetrics, SignalAware, Velvet
+from vesper_optim import SIGNALS, ReportsMetrics, SignalAware, Velvet as _Velvet
 from vesper_optim import velvet as velvet_module
 from vesper_optim.clipping import clip_grad_norm_
+
+
+def Velvet(*args, **kwargs):  # noqa: N802 - these tests check the upstream formulas (UPSTREAM_SPEC §3.3)
+    """Velvet with the ``upstream`` rules unless a test picks others (the product default is tested apart)."""
+    kwargs.setdefault("rules", "upstream")
+    return _Velvet(*args, **kwargs)
+
 
 VOCAB = 1000
 
@@ -33,7 +40,7 @@ def test_step_metrics_are_what_the_next_step_applies():
     opt = Velvet([p], lr=0.1, vocab_size=VOCAB)
     opt.set_signals(4.0)
     metrics = opt.step_metrics()
-    assert set(metrics) == {"lr_effective", "entropy_scale", "ppl_scale", "beta1_effective"}
+    assert set(metrics) == {"lr_effective", "entropy_scale", "ppl_scale", "beta1_effective", "hypergradient_scale"}
     assert metrics["lr_effective"] == opt.effective_lr() == pytest.approx(0.1 * metrics["entropy_scale"])
     assert metrics["beta1_effective"] == opt.effective_beta1()
     seen = {}

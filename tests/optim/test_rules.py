@@ -13,9 +13,17 @@ import torch
 
 from optim_helpers import make_mlp, train
 from vesper_core.errors import ConfigError, UnknownNameError
-from vesper_optim import VELVET_RULES, OptimConfig, Velvet, VelvetRules, build_optimizer
+from vesper_optim import VELVET_RULES, OptimConfig, VelvetRules, build_optimizer
+from vesper_optim import Velvet as _Velvet
 from vesper_optim import signals
 from vesper_optim.config import flag
+
+
+def Velvet(*args, **kwargs):  # noqa: N802 - these tests check the upstream formulas (UPSTREAM_SPEC §3.3)
+    """Velvet with the ``upstream`` rules unless a test picks others (the product default is tested apart)."""
+    kwargs.setdefault("rules", "upstream")
+    return _Velvet(*args, **kwargs)
+
 
 LOSSES = [x / 4 for x in range(0, 61)] + [20.0, 25.0, 30.0, 100.0, 1e6, -0.5]  # 0 .. 15 in 0.25 steps
 VOCABS = [50257, 8192, 1000, 2]
@@ -109,6 +117,8 @@ def test_rules_round_trip_and_validation():
         "beta1_range": ((0.5, 1.0), "beta1_range must satisfy 0 <= lo <= hi < 1"),
         "max_log_perplexity": (1000.0, "max_log_perplexity must be a number in"),
         "lr_combine": ("add", "lr_combine must be one of multiply"),
+        "hypergradient_rate": (2.0, "hypergradient_rate must be a number in \\[0, 1\\]"),
+        "hypergradient_bounds": ((4.0, 0.25), "hypergradient_bounds must satisfy 0 < lo <= hi"),
     }
     assert set(bad) == set(signals.RULE_FIELDS)  # every field is validated
     for name, (value, message) in bad.items():
@@ -189,7 +199,7 @@ def test_resume_with_custom_rules_is_bit_identical():
 
 def test_entropy_signal_logits_asks_for_and_needs_the_entropy():
     p = torch.nn.Parameter(torch.zeros(2))
-    opt = Velvet([p], vocab_size=1000, rules={"entropy_signal": "logits"})
+    opt = Velvet([p], vocab_size=1000, rules=signals.UPSTREAM.replace(entropy_signal="logits"))
     assert opt.training_signals() == frozenset({"loss", "entropy"})
     with pytest.raises(ConfigError, match="entropy_signal='logits' but set_signals got no normalized_entropy"):
         opt.set_signals(3.0)

@@ -10,7 +10,14 @@ import torch
 
 from optim_helpers import make_mlp, train
 from vesper_core.errors import ConfigError, UnknownNameError, VesperError
-from vesper_optim import Velvet, VelvetRules
+from vesper_optim import Velvet as _Velvet, VelvetRules
+
+
+def Velvet(*args, **kwargs):  # noqa: N802 - these tests check the upstream formulas (UPSTREAM_SPEC §3.3)
+    """Velvet with the ``upstream`` rules unless a test picks others (the product default is tested apart)."""
+    kwargs.setdefault("rules", "upstream")
+    return _Velvet(*args, **kwargs)
+
 
 BACKENDS = ["reference", "foreach"]
 LOSSES = [7.5, 5.2, 4.4, 3.9, 3.7, 3.65, 3.5, 3.2]  # walks both scales through their ranges

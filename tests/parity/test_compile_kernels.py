@@ -25,7 +25,7 @@ def test_triton_kernels_compile_for_sm90():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--only", "triton", "--quick"], capture_output=True,
                           text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "velvet_multi_tensor" in proc.stdout and "era_bwd" in proc.stdout and "cross_entropy" in proc.stdout
+    assert "velvet_multi_tensor" in proc.stdout and "era_bwd" in proc.stdout
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")

@@ -125,9 +125,6 @@ class VesperLM(nn.Module):
         if input_ids.dim() != 2:
             raise ConfigError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
-        if T > self.config.max_position_embeddings and kv_cache is None:
-            raise ConfigError(f"sequence of {T} tokens is longer than the model's context "
-                              f"({self.config.max_position_embeddings}); lower --seq-len")
         start = 0
         if kv_cache is not None:
             kv_cache.check_room(B, T)

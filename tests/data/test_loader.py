@@ -81,7 +81,7 @@ def test_resume_mid_epoch_continues_exactly():
     stream = loader.batches_forever()
     taken = [next(stream) for _ in range(11)]
     state = loader.state_dict()
-    assert state == {"epoch": 1, "index": 3, "seed": 7}
+    assert state == {"epoch": 1, "index": 3, "seed": 7, "windows_consumed": 9, "batch_size": 3, "world_size": 1}
 
     resumed = BatchLoader(_windows(), 3, seed=999)
     resumed.load_state_dict(state)
@@ -110,3 +110,20 @@ def test_bad_state_and_tiny_dataset():
         loader.load_state_dict({"epoch": 0})
     with pytest.raises(DataError, match="fewer than one batch"):
         BatchLoader(_windows(), 26)
+
+
+def test_resume_on_another_batch_size_or_world_size_keeps_the_global_position():
+    """The loader keeps its own position: windows consumed (all ranks) carry over to a new layout."""
+    loader = BatchLoader(_windows(), 4, seed=7)
+    stream = loader.batches_forever()
+    seen = [next(stream) for _ in range(2)]  # 8 windows of epoch 0
+    state = loader.state_dict()
+    rank_orders = []
+    for rank in range(2):  # 2 ranks x batch 2 = the same global batch of 4
+        resumed = BatchLoader(_windows(), 2, seed=0, rank=rank, world_size=2)
+        resumed.load_state_dict(state)
+        assert (resumed.epoch, resumed.index) == (0, 2)  # 8 windows = 2 global batches of 4
+        rank_orders.append(resumed.epoch_order(0))
+    with pytest.raises(DataError, match="not a multiple of the new global batch 3"):
+        BatchLoader(_windows(), 3, seed=0).load_state_dict(state)
+    assert len(seen) == 2

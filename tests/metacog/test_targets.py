@@ -71,7 +71,7 @@ def test_chunked_rows_match_unchunked(monkeypatch):
     logits = torch.randn(3, 7, V).to(torch.bfloat16)
     labels = torch.randint(0, V, (3, 7))
     full = compute_targets(logits, labels, eos_id=3, horizon=2, topk=4)
-    monkeypatch.setattr(targets_module, "_CHUNK_ELEMENTS", V * 2)  # two rows per chunk
+    monkeypatch.setattr(targets_module, "CHUNK_LOGITS_ELEMENTS", V * 2)  # two rows per chunk
     chunked = compute_targets(logits, labels, eos_id=3, horizon=2, topk=4)
     for a, b in zip((full.confidence, full.termination, full.errors),
                     (chunked.confidence, chunked.termination, chunked.errors)):

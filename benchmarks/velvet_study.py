@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Velvet's rules against AdamW through `vesper benchmark`'s runner (the product path), cell by cell.
+
+Each cell is one corpus x model size x schedule; in each, `run_benchmark` trains every optimizer from the
+same initial weights on the same batches for N seeds over a bracketed LR sweep (the grid widens x2 beyond
+an edge until each optimizer's best LR is interior) and scores held-out text. Velvet runs once per rule
+preset (default = the hypergradient multiplier, upstream = the original rules); AdamW once.
+
+    python benchmarks/velvet_study.py --corpus en=shakespeare.txt --corpus de=fortunes_de.txt \\
+        --sizes nano --schedules constant --seeds 3 --steps 300
+
+Writes benchmarks/results/velvet_study.json (the one results schema): a row per cell x optimizer x LR
+with the held-out loss mean/std over seeds, the best LR and whether it is bracketed. Text files are not
+shipped: pass your own (README "Velvet's rules, studied" says where ours came from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import write_results  # noqa: E402
+
+from vesper_cli.engine.benchmark import BenchConfig, run_benchmark  # noqa: E402
+
+SCHEDULES = {"constant": {}, "cosine": {"lr_schedule": "cosine", "warmup_steps": None}}
+
+
+def cell_rows(report: dict, cell: dict, arm: str) -> list[dict]:
+    rows = []
+    for name, sweep in report["lr_sweep"].items():
+        label = arm if name == "velvet" else name
+        for point in sweep["grid"]:
+            rows.append({**cell, "optimizer": label, "lr": point["lr"], "val_loss_mean": point["val_loss"]["mean"],
+                         "val_loss_std": point["val_loss"]["std"], "seeds": point["val_loss"]["n"],
+                         "best_lr": sweep["best_lr"], "bracketed": sweep["bracketed"],
+                         "is_best": point["lr"] == sweep["best_lr"]})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", action="append", required=True, help="NAME=PATH (repeat)")
+    ap.add_argument("--sizes", default="nano")
+    ap.add_argument("--schedules", default="constant", help="constant,cosine")
+    ap.add_argument("--rules", default="default,upstream", help="Velvet rule presets to run")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3, help="centre of the sweep grid")
+    ap.add_argument("--tokenizer", default="byte")
+    ap.add_argument("--stem", default="velvet_study")
+    args = ap.parse_args()
+
+    rows: list[dict] = []
+    for corpus in args.corpus:
+        name, path = corpus.split("=", 1)
+        for size in args.sizes.split(","):
+            for schedule in args.schedules.split(","):
+                extra = dict(SCHEDULES[schedule])
+                if "warmup_steps" in extra:
+                    extra["warmup_steps"] = args.steps // 10
+                cell = {"corpus": name, "size": size, "schedule": schedule, "steps": args.steps,
+                        "batch_size": args.batch_size, "seq_len": args.seq_len, "tokenizer": args.tokenizer}
+                for i, rules in enumerate(args.rules.split(",")):
+                    optimizers = ("velvet", "adamw") if i == 0 else ("velvet",)
+                    cfg = BenchConfig.from_flat(
+                        dataset=path, tokenizer=args.tokenizer, model_size=size, seq_len=args.seq_len,
+                        batch_size=args.batch_size, max_steps=args.steps, seeds=args.seeds, lr=args.lr,
+                        lr_sweep=True, optimizers=optimizers, velvet_rules=rules, val_tokens=32768, **extra)
+                    start = time.perf_counter()
+                    report = run_benchmark(cfg)
+                    rows += cell_rows(report, cell, f"velvet[{rules}]")
+                    best = {n: (s["best_lr"], s["bracketed"]) for n, s in report["lr_sweep"].items()}
+                    print(f"{name}/{size}/{schedule} rules={rules}: {report.get('verdict', '')} "
+                          f"best LRs {best} ({time.perf_counter() - start:.0f} s)", flush=True)
+                    write_results("velvet_study", rows, stem=args.stem, computed=[],
+                                  notes=["held-out loss = first 32K tokens of the last 10% of each corpus, "
+                                         "mean/std over seeds at each LR; best LR by that loss",
+                                         "every arm runs through vesper benchmark's runner (the trainer's step)"])
+
+
+if __name__ == "__main__":
+    main()

@@ -89,6 +89,11 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("Interrupted.", markup=False)
         return 130
+    except OSError as exc:  # a file the user named cannot be read or written: say which, without a class name
+        if os.environ.get("VESPER_DEBUG"):
+            traceback.print_exc()
+        where = f" {exc.filename}" if exc.filename else ""
+        return _fail(f"cannot access{where}: {exc.strerror or exc}; check the path and its permissions")
     except Exception as exc:  # the last boundary: one line, traceback on request
         if os.environ.get("VESPER_DEBUG"):
             traceback.print_exc()

@@ -36,12 +36,14 @@ def _pyplot():
 
 
 def ema(values: Sequence[float], weight: float) -> list[float]:
-    """``s <- w*s + (1-w)*x`` seeded with the first value (the upstream smoothing helper)."""
+    """Bias-corrected EMA: ``s <- w*s + (1-w)*x`` from s = 0, shown as ``s / (1 - w^t)`` (as TensorBoard and
+    Adam do), so the first points are the mean of what was seen, not pulled toward the first value."""
     out: list[float] = []
-    s = None
+    s, correction = 0.0, 1.0
     for x in values:
-        s = x if s is None else weight * s + (1 - weight) * x
-        out.append(s)
+        s = weight * s + (1 - weight) * x
+        correction *= weight
+        out.append(s / (1 - correction) if correction < 1 else x)
     return out
 
 
@@ -212,6 +214,13 @@ def training_figure(logs: Sequence[tuple[str, dict[str, Any]]]):
             ax_loss.lines[-1].set_label(label)
         ppl = [math.exp(min(x, 20.0)) for x in losses]
         ax_ppl.plot(steps, ema(ppl, 0.95), color=color, label=label)
+        evals = [e for e in (log.get("evals") or []) if isinstance(e, dict) and isinstance(e.get("val_loss"), (int, float))
+                 and math.isfinite(e["val_loss"]) and "step" in e]
+        if evals:
+            eval_steps, val_losses = [e["step"] for e in evals], [e["val_loss"] for e in evals]
+            ax_loss.plot(eval_steps, val_losses, color=color, marker="o", linestyle="--", label=f"{label} validation")
+            ax_ppl.plot(eval_steps, [math.exp(min(x, 20.0)) for x in val_losses], color=color, marker="o",
+                        linestyle="--", label=f"{label} validation")
         if losses:
             footer.append(f"{label}: last step {steps[-1]}, final loss {losses[-1]:.4f}, "
                           f"final ppl {math.exp(min(losses[-1], 20.0)):.1f}")
@@ -230,14 +239,29 @@ def training_figure(logs: Sequence[tuple[str, dict[str, Any]]]):
 
 
 # -- files -----------------------------------------------------------------------------------
+IMAGE_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".pdf": "pdf", ".svg": "svg"}
+
+
+def image_format(path: str | Path) -> str:
+    """The image format the file name asks for (no suffix: PNG); DataError for one we cannot write."""
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "png"
+    if suffix not in IMAGE_FORMATS:
+        raise DataError(f"cannot write {path}: unknown image type {suffix!r}; use one of "
+                        f"{', '.join(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[suffix]
+
+
 def save_figure(fig, path: str | Path) -> Path:
-    """Write ``fig`` as PNG atomically (dpi 150) and close it; returns the path."""
+    """Write ``fig`` in the format its suffix names (PNG by default) atomically (dpi 150) and close it."""
     plt = _pyplot()
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise DataError(f"cannot write {path}: folder {path.parent} does not exist")
+    fmt = image_format(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
+        fig.savefig(tmp, format=fmt, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -261,8 +285,13 @@ def plot_files(paths: Sequence[str | Path], output: str | Path | None = None) ->
     """
     if not paths:
         raise DataError("give at least one training_log.json (or a benchmark report)")
-    loaded = [(str(p), read_json(p)) for p in paths]
+    paths = [Path(p) / "training_log.json" if Path(p).is_dir() else Path(p) for p in paths]  # a run folder
     out = Path(output) if output else Path(paths[0]).with_suffix(".png")
+    from vesper_cli.engine.paths import check_writable
+
+    check_writable(out, "--output")
+    image_format(out)
+    loaded = [(str(p), read_json(p)) for p in paths]
     reports = [name for name, data in loaded if is_benchmark_report(data) and "steps" not in data]
     if reports:
         if len(loaded) > 1:

@@ -79,8 +79,13 @@ class LoadedCheckpoint:
         return [self.path.parent / TOKENIZER_FILE, self.path.with_suffix(".tokenizer.json")]
 
 
-def read_checkpoint(path: str | Path, *, config_override: ModelConfig | None = None) -> LoadedCheckpoint:
-    """Read a weights file; the model config comes from its metadata unless overridden."""
+def read_checkpoint(path: str | Path, *, config_override: ModelConfig | None = None,
+                    verify: bool = True) -> LoadedCheckpoint:
+    """Read a weights file; the model config comes from its metadata unless overridden.
+
+    ``verify`` (the default) refuses weights that are not all finite: such a checkpoint can neither
+    generate nor continue training.
+    """
     path = Path(path)
     if path.is_dir():
         path = newest_checkpoint(path)
@@ -104,8 +109,28 @@ def read_checkpoint(path: str | Path, *, config_override: ModelConfig | None = N
             config = ModelConfig.from_dict(json.loads(raw))
         except (json.JSONDecodeError, ConfigError) as exc:
             raise CheckpointError(f"{path}: model config in the metadata is invalid: {exc}") from exc
+    if verify:
+        check_finite(path, state)
     metacog = {k[len(METACOG_PREFIX):]: state.pop(k) for k in [k for k in state if k.startswith(METACOG_PREFIX)]}
     return LoadedCheckpoint(path=path, config=config, state_dict=state, metadata=metadata, metacog_state=metacog)
+
+
+def check_finite(path: str | Path, state: dict[str, torch.Tensor]) -> None:
+    """CheckpointError when any floating-point tensor of ``state`` holds NaN or infinity."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{path} holds non-finite weights (NaN/inf in {len(bad)} of {len(state)} tensors, e.g. {bad[0]}); "
+            f"it cannot generate or continue training. Use an earlier checkpoint of the run")
+
+
+def check_tokenizer(ckpt: LoadedCheckpoint, sha256: str, name: str) -> None:
+    """CheckpointError when the checkpoint records a tokenizer hash and ``sha256`` is not it."""
+    recorded = ckpt.meta("tokenizer_sha256")
+    if recorded and str(recorded) != sha256:
+        raise CheckpointError(
+            f"tokenizer {name} is not the one {ckpt.path.name} was trained with (sha256 {sha256[:12]}... vs "
+            f"{str(recorded)[:12]}...); use the run's own tokenizer.json (drop --tokenizer) or the original one")
 
 
 _STEP_PATTERNS = (re.compile(r"^checkpoint-(\d+)$"), re.compile(r"^checkpoint-emergency-step(\d+)$"))

@@ -65,7 +65,7 @@ def check_cache_tokenizer(cache: TokenCache, tok: VesperTokenizer) -> None:
 
 
 def prepare_tokenizer(cfg: DataConfig, *, saved_candidates: list[Path]) -> tuple[VesperTokenizer, str | None]:
-    """``--tokenizer auto`` -> the cache's, a saved one, HF gpt2, else BPE trained on the data; else load it."""
+    """``--tokenizer auto`` -> the cache's, a saved one, else BPE trained on the data (never the hub); else load it."""
     if cfg.cache:
         return _cache_tokenizer(cfg, saved_candidates)
     if cfg.tokenizer != "auto":

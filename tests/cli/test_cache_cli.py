@@ -50,7 +50,7 @@ def test_build_then_info(cli, corpus, tmp_path):
 
 
 def test_v1_flag_writes_the_rust_layout(cli, corpus, tmp_path):
-    code, stdout, _ = cli("cache", "build", "--dataset", corpus, "--tokenizer", "byte", "--format", "v1",
+    code, stdout, _ = cli("cache", "build", "--dataset", corpus, "--tokenizer", "byte", "--layout", "v1",
                           "--output-dir", tmp_path / "c", "--json")
     assert code == 0
     header, _ = read_independently(tmp_path / "c" / json.loads(stdout)["bin"].rsplit("/", 1)[1])

@@ -90,8 +90,10 @@ def test_exact_resume_with_metacog_is_bit_identical(tmp_path, text):
 
 
 def test_resume_across_head_presence(tmp_path, joint, text):
-    """A head checkpoint resumes without --metacog (head dropped); a plain one gains a fresh head."""
-    plain = train(run_config(text, tmp_path / "plain", max_steps=5, save_every=0,
+    """A head checkpoint resumes with metacog off (head dropped); a plain one gains a fresh head.
+
+    (A resume inherits the run's recorded settings, --metacog included, so turning it off is explicit.)"""
+    plain = train(run_config(text, tmp_path / "plain", max_steps=5, save_every=0, metacog=False,
                              resume=str(joint.output_dir / "checkpoint-4.safetensors")))
     assert plain.steps == 5 and not _split(weights(plain.final_checkpoint))[1]
     again = train(run_config(text, tmp_path / "again", max_steps=6, save_every=0, metacog=True,

@@ -47,8 +47,9 @@ def _log(optimizer: str, n: int) -> dict:
             "steps": [{"step": i + 1, "loss": 5.0 - 0.02 * i, "ppl": math.exp(5.0 - 0.02 * i)} for i in range(n)]}
 
 
-def test_ema_seeds_with_first_value():
-    assert ema([1.0, 3.0], 0.5) == [1.0, 2.0]
+def test_ema_is_bias_corrected():
+    assert ema([1.0, 3.0], 0.5) == [1.0, (0.25 * 1.0 + 0.5 * 3.0) / 0.75]
+    assert ema([2.0] * 5, 0.9) == pytest.approx([2.0] * 5)  # a constant stays constant from the first point
     assert ema([], 0.9) == []
 
 

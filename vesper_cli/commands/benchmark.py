@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -71,7 +73,12 @@ def render_table(report: dict[str, Any]) -> None:
         table.add_row(name, f"{s['lr']:.1e}", _fmt(s.get("val_loss")), _fmt(s["final_train_loss"]),
                       f"{s['tokens_per_sec']['mean']:.0f}", f"{s['time_per_step_ms']['mean']:.1f}",
                       f"{s['peak_memory_mb']['mean']:.0f}" if s.get("peak_memory_mb") else "n/a")
-    console.print(table)
+    if console.is_terminal:
+        console.print(table)
+    else:  # a pipe or file has no width: never cut the table to rich's default 80 columns
+        from rich.console import Console
+
+        Console(file=sys.stdout, width=1000, highlight=False).print(table)
     for name, sweep in (report.get("lr_sweep") or {}).items():
         grid = ", ".join(f"{g['lr']:.1e}: {_fmt(next(v for k, v in g.items() if k not in ('lr', 'seeds')))}"
                          for g in sweep["grid"])
@@ -82,14 +89,9 @@ def render_table(report: dict[str, Any]) -> None:
 
 
 def _check_writable(output: Path) -> None:
-    from vesper_core.errors import ConfigError
+    from vesper_cli.engine.paths import check_writable
 
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--output {output}: cannot create its folder ({exc.strerror})") from exc
-    if output.is_dir():
-        raise ConfigError(f"--output {output} is a folder; give a file name such as benchmark_report.json")
+    check_writable(output, "--output")
 
 
 def benchmark_command(
@@ -132,7 +134,7 @@ def benchmark_command(
     json_out: bool = typer.Option(False, "--json", help="Print the report JSON on stdout instead of the table."),
 ) -> None:
     from vesper_core.atomic import write_json_atomic
-    from vesper_cli.engine.benchmark import run_benchmark
+    from vesper_cli.engine.benchmark import BenchmarkInterrupted, run_benchmark
 
     settings = given(dataset=dataset, format=format, text_field=text_field, tokenizer=tokenizer, model_size=model_size,
                      epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, seq_len=seq_len, seeds=seeds,
@@ -149,7 +151,14 @@ def benchmark_command(
         from vesper_cli.plots import _pyplot
 
         _pyplot()
-    report = run_benchmark(cfg, progress=_ProgressPrinter())
+    try:
+        report = run_benchmark(cfg, progress=_ProgressPrinter())
+    except BenchmarkInterrupted as stop:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output, stop.report)
+        info(f"interrupted: partial report with {len(stop.report['completed_runs'])} finished run(s) in {output}")
+        raise typer.Exit(130) from None
+    output.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output, report)
     info(f"report: {output}")
     if plot:

@@ -59,13 +59,14 @@ class _BuildProgress:
 @cache_app.command("build")
 def build_command(
     dataset: str = Opt(..., help="Input: .txt, .jsonl, SQuAD .json, .parquet/.arrow, or hf:NAME[:CONFIG][@SPLIT]."),
-    tokenizer: str = Opt("auto", help="auto | byte | PATH/tokenizer.json | HF hub id (auto: gpt2, else a BPE "
-                                      "trained on the data)."),
+    tokenizer: str = Opt("auto", help="auto | byte | PATH/tokenizer.json | HF hub id (auto: a BPE trained on the "
+                                      "data, the same offline and online)."),
     seq_len: int = Opt(512, help="Training window length recorded in the header (any --seq-len can train)."),
     output_dir: Path = Opt(Path(".vesper_cache"), help="Where <name>.bin/.idx/.meta.json are written."),
-    format: str = Opt("auto", "--format", help="Cache layout: auto | compact (uint16 tokens when the vocabulary "
+    layout: str = Opt("auto", "--layout", help="Cache layout: auto | compact (uint16 tokens when the vocabulary "
                                                  "fits, VSPR v2) | v1 (Rust-compatible u32)."),
-    input_format: str = Opt("auto", help="Dataset format: auto (by extension) | text | jsonl | squad | hf."),
+    format: str = Opt("auto", "--format", "--input-format",
+                      help="Dataset format, as in `vesper train`: auto (by extension) | text | jsonl | squad | hf."),
     text_field: str = Opt("text", help="JSONL / HF column holding the text."),
     name: Optional[str] = Opt(None, help="Cache file name without extension  [default: <stem>_<16 hex>]"),
     as_json: bool = Opt(False, "--json", help="Print the result as JSON."),
@@ -76,8 +77,17 @@ def build_command(
     from vesper_data.cache.format import choose_token_bytes
     from vesper_data.config import DataConfig
 
+    from vesper_core.errors import ConfigError
+    from vesper_cli.engine.paths import check_writable
+
+    if format in ("compact", "v1", "v2"):
+        raise ConfigError(f"--format {format} is a cache layout: use --layout {format} (--format is the dataset's "
+                          f"format, as in `vesper train`)")
+    input_format = format
+    format = layout
+    choose_token_bytes(0, format)  # reject an unknown --layout before loading anything
     cfg = DataConfig(dataset=dataset, format=input_format, text_field=text_field, tokenizer=tokenizer, seq_len=seq_len)
-    choose_token_bytes(0, format)  # reject an unknown --format before loading anything
+    check_writable(output_dir, "--output-dir", folder=True)
     tok, notice = prepare_tokenizer(cfg, saved_candidates=[])
     if notice:
         info(notice)

@@ -26,9 +26,10 @@ def _stream_samples(gen, prompt: str, sampling, num_samples: int, *, echo_prompt
     if sampling.seed is not None:  # one random stream across the samples: they differ, and repeat per seed
         shared = torch.Generator(device=gen.device).manual_seed(sampling.seed)
     tokens, seconds = 0, 0.0
+    gen.check(prompt, sampling)  # refuse before the prompt is echoed
     for i in range(num_samples):
-        if num_samples > 1:
-            info(f"--- sample {i + 1}/{num_samples} ---")
+        if num_samples > 1:  # on stdout, with the samples, so that a script can split them
+            sys.stdout.write(f"--- sample {i + 1}/{num_samples} ---\n")
         if echo_prompt:
             sys.stdout.write(prompt)
             sys.stdout.flush()
@@ -141,9 +142,9 @@ def generate_command(
         completions = gen.generate_batch(prompts, sampling, num_samples)
         multi = len(completions) > 1
         for c in completions:
-            if multi:
-                info(f"--- prompt {c.prompt_index + 1}/{len(prompts)}"
-                     + (f", sample {c.sample + 1}/{num_samples}" if num_samples > 1 else "") + " ---")
+            if multi:  # on stdout with the text, so that a script can split the output
+                sys.stdout.write(f"--- prompt {c.prompt_index + 1}/{len(prompts)}"
+                                 + (f", sample {c.sample + 1}/{num_samples}" if num_samples > 1 else "") + " ---\n")
             sys.stdout.write(c.prompt + c.text + "\n")
         sys.stdout.flush()
         info(f"{len(completions)} completions in {gen.stats['num_batches']} batch(es) (rows of equal prompt length "
@@ -178,8 +179,8 @@ def print_metacog_samples(gen: Generator, prompt: str, sampling: SamplingConfig,
     config = load_head(gen.checkpoint).config.replace(**(overrides or {}))
     boundaries = sentence_ends(gen.tokenizer)
     for i in range(num_samples):
-        if num_samples > 1:
-            info(f"--- sample {i + 1}/{num_samples} ---")
+        if num_samples > 1:  # on stdout, with the samples, so that a script can split them
+            sys.stdout.write(f"--- sample {i + 1}/{num_samples} ---\n")
         summary = MetacogSummary()
         sys.stdout.write(prompt)
         sys.stdout.flush()

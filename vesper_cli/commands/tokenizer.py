@@ -29,6 +29,9 @@ def train_command(
     from vesper_data.sources import read_documents, split_text
     from vesper_data.tokenizers import train_bpe
 
+    from vesper_cli.engine.paths import check_writable
+
+    check_writable(output, "--output")  # before the training, not after it
     budget = max_mb << 20 if max_mb > 0 else None
     seen = {"chars": 0}
 

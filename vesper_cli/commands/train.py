@@ -32,6 +32,7 @@ def train_command(
     vocab_size: Optional[int] = data_option("vocab_size"),
     optimizer: Optional[str] = config_option(O, "name", "--optimizer"),
     resume: Optional[str] = config_option(T, "resume"),
+    overwrite: Optional[bool] = config_option(T, "overwrite", flag=True),
     moe: Optional[bool] = config_option(M, "moe", flag=True),
     num_experts: Optional[int] = config_option(M, "num_experts"),
     top_k: Optional[int] = config_option(M, "top_k"),
@@ -75,6 +76,7 @@ def train_command(
     wandb: Optional[bool] = config_option(T, "wandb", flag=True),
     wandb_project: Optional[str] = config_option(T, "wandb_project"),
     wandb_run: Optional[str] = config_option(T, "wandb_run"),
+    tensorboard: Optional[bool] = config_option(T, "tensorboard", flag=True),
     metacog: Optional[bool] = config_option(T, "metacog", flag=True),
     metacog_only: Optional[bool] = config_option(T, "metacog_only", flag=True),
     metacog_weight: Optional[float] = config_option(T, "metacog_weight"),
@@ -85,4 +87,13 @@ def train_command(
 
     run = build_run_config(flags, config)
     with StopControl() as control:
-        train(run, ConsoleTrainObserver(run.train.log_every), control)
+        result = train(run, ConsoleTrainObserver(run.train.log_every), control)
+    if result.stopped_by is not None:  # the shell convention: 128 + the signal's number
+        raise typer.Exit(exit_code_for(result.stopped_by))
+
+
+def exit_code_for(reason: str) -> int:
+    import signal
+
+    number = getattr(signal, reason, None) if reason.startswith("SIG") else None
+    return 128 + int(number) if number is not None else 130

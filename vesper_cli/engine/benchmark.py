@@ -442,6 +442,14 @@ def _sweep(cfg: BenchConfig, name: str, run_lr: Callable[[str, float], list[RunR
     return by_lr, False
 
 
+class BenchmarkInterrupted(Exception):
+    """Ctrl-C during the runs; ``report`` holds every run that finished (the command saves it)."""
+
+    def __init__(self, report: dict[str, Any]):
+        super().__init__("benchmark interrupted")
+        self.report = report
+
+
 def run_benchmark(cfg: BenchConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run every optimizer (x LR grid) x seed and return the report (see the module docstring)."""
     progress = progress or (lambda event: None)
@@ -459,13 +467,26 @@ def run_benchmark(cfg: BenchConfig, progress: ProgressFn | None = None) -> dict[
 
     _warm_up(cfg, mcfg, data, device)
 
+    completed: list[RunResult] = []
+
     def run_lr(name: str, lr: float) -> list[RunResult]:
-        return [_train_one(cfg, name, lr, seed, mcfg, data, device, progress) for seed in cfg.seed_list()]
+        results = []
+        for seed in cfg.seed_list():
+            results.append(_train_one(cfg, name, lr, seed, mcfg, data, device, progress))
+            completed.append(results[-1])
+        return results
 
     runs: dict[str, dict[float, list[RunResult]]] = {}
     bracketed: dict[str, bool] = {}
-    for name in cfg.optimizers:
-        runs[name], bracketed[name] = _sweep(cfg, name, run_lr)
+    try:
+        for name in cfg.optimizers:
+            runs[name], bracketed[name] = _sweep(cfg, name, run_lr)
+    except KeyboardInterrupt:
+        raise BenchmarkInterrupted(json_safe({
+            "interrupted": True,
+            "completed_runs": [{"optimizer": r.optimizer, **r.seed_row()} for r in completed],
+            "config": cfg.to_dict(),
+        })) from None
 
     best = {name: min(by_lr, key=lambda lr: _mean_metric(by_lr[lr])) for name, by_lr in runs.items()}
     chosen = {name: runs[name][best[name]] for name in cfg.optimizers}

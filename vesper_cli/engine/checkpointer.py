@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vesper_core.checkpoint import save_weights
+from vesper_core.checkpoint import TOKENIZER_FILE, save_weights
 from vesper_core.device import dtype_name
 from vesper_core.distributed import DistInfo, full_model_state, full_optimizer_state, shard_optimizer_state
-from vesper_core.errors import CheckpointError
+from vesper_core.errors import CheckpointError, ConfigError
 from vesper_core.resume_state import LoadedResumeState, ResumeState, save_resume_state, state_paths
 from vesper_metacog.training import METACOG_CONFIG_KEY, adapt_optimizer_state, head_state
 
@@ -26,6 +26,36 @@ if TYPE_CHECKING:
     from vesper_cli.engine.trainer import TrainingRun
 
 _PERIODIC = re.compile(r"^checkpoint-(\d+)\.safetensors$")
+EVENTS_FILE = "events.jsonl"
+RUN_LOG_FILES = ("training_log.json", EVENTS_FILE)
+
+
+def run_files(folder: Path) -> list[Path]:
+    """The files of a Vesper run in ``folder``: checkpoints (with state), logs, the tokenizer."""
+    if not folder.is_dir():
+        return []
+    names = {TOKENIZER_FILE, *RUN_LOG_FILES}
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and (p.name in names or (p.name.startswith("checkpoint-") and ".safetensors" in p.name)
+                                      or (p.name.startswith("checkpoint-") and p.name.endswith(".state.json"))))
+
+
+def check_output_dir(output_dir: Path, *, continuing: bool, overwrite: bool) -> None:
+    """Refuse an output folder that cannot be written or that holds another run; writes nothing.
+
+    ``continuing``: this run resumes the run already in ``output_dir`` (its own folder).
+    """
+    from vesper_cli.engine.paths import check_writable
+
+    check_writable(output_dir, "--output-dir", folder=True)
+    if continuing or overwrite:
+        return
+    found = run_files(output_dir)
+    if found:
+        shown = ", ".join(p.name for p in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ConfigError(
+            f"--output-dir {output_dir} already holds a run ({shown}); continue it with --resume {output_dir}, "
+            f"pass --overwrite to replace it, or choose another --output-dir")
 
 
 class Checkpointer:
@@ -37,6 +67,19 @@ class Checkpointer:
         self.dist = dist
         self.tokenizer = tokenizer
         self.dtype = dtype
+
+    def begin(self, run: "TrainingRun", *, overwrite: bool = False) -> None:
+        """The first write of a run, once every check passed: the folder, (with --overwrite) the old run's
+        files removed, the tokenizer."""
+        if not self.dist.is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for path in run_files(self.output_dir):
+                path.unlink(missing_ok=True)
+        tok_path = self.output_dir / TOKENIZER_FILE
+        if not (tok_path.is_file() and _same_tokenizer(tok_path, self.tokenizer)):
+            self.tokenizer.save(tok_path)
 
     def save(self, run: "TrainingRun", name: str, *, full_state: bool = True) -> Path:
         path = self.output_dir / name
@@ -93,10 +136,22 @@ class Checkpointer:
         state.restore_rng()
 
 
+def _same_tokenizer(path: Path, tokenizer) -> bool:
+    from vesper_data.tokenizers import VesperTokenizer
+
+    try:
+        return VesperTokenizer.from_file(path).sha256() == tokenizer.sha256()
+    except Exception:  # an unreadable file is replaced
+        return False
+
+
 class NullCheckpointer:
     """Writes nothing (benchmark arms); restoring is not possible."""
 
     output_dir = None
+
+    def begin(self, run, *, overwrite: bool = False) -> None:
+        return None
 
     def save(self, run, name: str, *, full_state: bool = True) -> None:
         return None

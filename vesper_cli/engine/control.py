@@ -1,6 +1,7 @@
 """Stopping a run cleanly: SIGTERM/SIGINT/SIGHUP finish the current step and write an emergency checkpoint.
 
-A second signal exits at once (status 130). Tests and notebooks call ``request_stop()`` directly.
+A second signal exits at once (status 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM) after
+``on_force_exit`` (the trainer's: write training_log.json) ran. Tests and notebooks call ``request_stop()`` directly.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Callable
 
 STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), signal.SIGINT, getattr(signal, "SIGHUP", None))
                      if s is not None)
@@ -18,6 +20,7 @@ STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), signal.SIGINT
 class StopControl:
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.on_force_exit: Callable[[], None] | None = None
         self._previous: dict[int, object] = {}
 
     @property
@@ -30,9 +33,14 @@ class StopControl:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.requested:
-            sys.stderr.write(f"\n{name} again: exiting now without saving\n")
+            sys.stderr.write(f"\n{name} again: exiting now without a checkpoint (the training log is kept)\n")
             sys.stderr.flush()
-            os._exit(130)
+            if self.on_force_exit is not None:
+                try:
+                    self.on_force_exit()
+                except Exception:  # exiting anyway; the live events.jsonl still holds every logged step
+                    pass
+            os._exit(128 + signum)
         sys.stderr.write(f"\n{name} received: finishing this step, then writing an emergency checkpoint "
                          f"(send it again to quit at once)\n")
         sys.stderr.flush()

@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from vesper_core.checkpoint import LoadedCheckpoint, read_checkpoint
+from vesper_core.checkpoint import check_tokenizer, LoadedCheckpoint, read_checkpoint
 from vesper_core.errors import CheckpointError, ConfigError
 from vesper_core.generation import generate_tokens
 from vesper_core.model import VesperLM
@@ -62,11 +62,21 @@ class Generator:
     checkpoint: LoadedCheckpoint
     stats: dict = field(default_factory=dict)
 
-    def _ids(self, prompt: str) -> list[int]:
+    def _ids(self, prompt: str, max_tokens: int | None = None) -> list[int]:
         ids = self.tokenizer.encode(prompt)
         if not ids:
             raise ConfigError(f"prompt {prompt!r} is empty after tokenization; give some text")
+        context = self.model.config.max_position_embeddings
+        if max_tokens is not None and len(ids) + max_tokens > context:
+            room = context - len(ids)
+            fix = (f"lower --max-tokens to {room} or less" if room > 0 else "shorten the prompt")
+            raise ConfigError(f"--max-tokens {max_tokens} plus the prompt's {len(ids)} tokens exceed the model's "
+                              f"context of {context} positions; {fix}")
         return ids
+
+    def check(self, prompt: str, sampling: SamplingConfig) -> None:
+        """ConfigError before anything is printed when ``prompt`` cannot be completed as asked."""
+        self._ids(prompt, sampling.max_tokens)
 
     def _generator(self, sampling: SamplingConfig) -> torch.Generator | None:
         if sampling.seed is None:
@@ -88,7 +98,7 @@ class Generator:
         ``generator`` (default: a new one from ``sampling.seed``) lets several calls share one stream
         of random numbers. ``self.stats`` holds new_tokens, seconds, tokens_per_sec and stopped_by.
         """
-        ids = torch.tensor([self._ids(prompt)], dtype=torch.long, device=self.device)
+        ids = torch.tensor([self._ids(prompt, sampling.max_tokens)], dtype=torch.long, device=self.device)
         gen = generator if generator is not None else self._generator(sampling)
         row = _Row(self.tokenizer, sampling)
         start = time.perf_counter()
@@ -109,7 +119,7 @@ class Generator:
         """``num_samples`` completions of every prompt, in (prompt, sample) order, batched by prompt length."""
         if num_samples <= 0:
             raise ConfigError(f"--num-samples must be positive, got {num_samples}")
-        encoded = [self._ids(p) for p in prompts]
+        encoded = [self._ids(p, sampling.max_tokens) for p in prompts]
         rows = [(i, s) for i in range(len(prompts)) for s in range(num_samples)]
         groups: dict[int, list[tuple[int, int]]] = {}
         for i, s in rows:
@@ -207,6 +217,7 @@ class _Row:
             if text.endswith("\ufffd"):
                 return ""  # an incomplete UTF-8 sequence: wait for the next token
             safe = len(text) - held_back(text, self.stops)
+        safe = min(safe, len(text.rstrip()))  # trailing whitespace waits for text after it (or is dropped)
         if safe <= len(self.emitted):
             return ""
         piece = text[len(self.emitted):safe]
@@ -214,8 +225,9 @@ class _Row:
         return piece
 
     def finish(self) -> str:
-        """Whatever is left once generation ended (held-back text that turned out not to be a stop)."""
-        text = self._final if self._final is not None else self.tokenizer.decode(self.ids)
+        """Whatever is left once generation ended (held-back text that turned out not to be a stop); trailing
+        whitespace is dropped, so a model that pads its answer with newlines does not pad the output."""
+        text = (self._final if self._final is not None else self.tokenizer.decode(self.ids)).rstrip()
         piece = text[len(self.emitted):] if len(text) > len(self.emitted) else ""
         self.emitted = text if len(text) > len(self.emitted) else self.emitted
         return piece
@@ -237,7 +249,10 @@ def load_generator(model_path: str | Path, *, tokenizer: str | None = None, mode
             raise CheckpointError(
                 f"no tokenizer.json next to {ckpt.path}; pass --tokenizer PATH (the one used for training)"
             )
-        tok = load_tokenizer(str(found[0]))
+        recorded = ckpt.meta("tokenizer_sha256")
+        loaded = [load_tokenizer(str(p)) for p in found]
+        tok = next((t for t in loaded if not recorded or t.sha256() == str(recorded)), loaded[0])
+    check_tokenizer(ckpt, tok.sha256(), tok.name)
     if tok.vocab_size > ckpt.config.vocab_size:
         raise CheckpointError(
             f"tokenizer {tok.name} has {tok.vocab_size} tokens but the model only {ckpt.config.vocab_size}; "

@@ -22,6 +22,11 @@ class StepMetrics:
     aux_loss: float | None = None
     metacog: dict[str, float] | None = None  # with --metacog: loss, confidence (mean), accuracy (top-1)
     beta1: float | None = None  # the beta1 the optimizer applied (Velvet's perplexity rule), when it reports one
+    step_time_s: float | None = None  # wall time of this optimizer step
+    elapsed_s: float | None = None  # since this session's first step
+    total_steps: int | None = None  # the run's planned length (None: until the data runs out)
+    eta_s: float | None = None  # estimated time to total_steps
+    mfu: float | None = None  # model FLOPs utilisation, when the device's peak is known
 
     def log_entry(self) -> dict[str, Any]:
         """One ``training_log.json`` step entry (Rust keys first); non-finite numbers become null."""
@@ -32,6 +37,9 @@ class StepMetrics:
         }
         if self.beta1 is not None:
             entry["beta1"] = self.beta1
+        for key in ("step_time_s", "elapsed_s", "mfu"):
+            if getattr(self, key) is not None:
+                entry[key] = getattr(self, key)
         if self.aux_loss is not None:
             entry["aux_loss"] = self.aux_loss
         for key, value in (self.metacog or {}).items():

@@ -35,7 +35,7 @@ class ModelSpec:
     num_experts: int = 8
     """Experts with --moe."""
     top_k: int = 2
-    """Experts per token with --moe."""
+    """Experts per token with --moe (MoE routing, not sampling: that is generate's --top-k)."""
     gradient_checkpointing: bool = False
     """Recompute each block in backward to save memory."""
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -84,7 +84,9 @@ class TrainConfig:
     dtype: str = "bf16"
     """f32 | bf16 | f16 (autocast over f32 weights)."""
     resume: str | None = None
-    """Checkpoint (or run folder) to continue from exactly."""
+    """Checkpoint (or run folder) to continue from exactly, with the run's recorded settings."""
+    overwrite: bool = False
+    """Replace the run already in --output-dir (its checkpoints, logs and tokenizer are deleted)."""
     loss: str = "auto"
     """LM loss: standard | chunked (fused linear + CE, no full logits) | auto (chunked from a 32k vocabulary)."""
     grad_accum: int = 1
@@ -107,6 +109,8 @@ class TrainConfig:
     """W&B project."""
     wandb_run: str | None = None
     """W&B run name (none given: vesper-SIZE-DTYPE)."""
+    tensorboard: bool = False
+    """Write TensorBoard event files to OUTPUT_DIR/tensorboard (needs the tensorboard package)."""
     metacog: bool = False
     """Also train a meta head (confidence, errors, termination) on the final hidden states."""
     metacog_only: bool = False
@@ -147,6 +151,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    notes: list[str] = field(default_factory=list, compare=False)
+    """What building the config noticed (a resumed run's changed settings); not serialised."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,11 +164,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        train = {k: v for k, v in d.get("train", {}).items() if k in _field_names(TrainConfig)}
         return cls(
             model=ModelSpec(**d.get("model", {})),
             data=DataConfig.from_dict(d.get("data", {})),
             optim=OptimConfig.from_dict(d.get("optim", {})),
-            train=TrainConfig(**d.get("train", {})),
+            train=TrainConfig(**train),
         )
 
 
@@ -184,23 +191,63 @@ def _flat_keys() -> dict[str, tuple[str, str]]:
 FLAT_KEYS = _flat_keys()
 
 
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+# settings of a run that never carry over to its continuation: where to write, what to resume, --overwrite
+_NOT_INHERITED = {("train", "resume"), ("train", "output_dir"), ("train", "overwrite")}
+
+
+def recorded_run_config(resume: str) -> tuple[Path, dict[str, dict[str, Any]]] | None:
+    """(checkpoint, the run config recorded in its resume state), or None when it has no state beside it."""
+    from vesper_core.checkpoint import newest_checkpoint
+    from vesper_core.resume_state import state_paths
+
+    path = Path(resume)
+    if path.is_dir():
+        path = newest_checkpoint(path)
+    json_path = state_paths(path)[1]
+    if not json_path.is_file():
+        return None
+    import json
+
+    try:
+        recorded = json.loads(json_path.read_text(encoding="utf-8")).get("run_config") or {}
+    except (OSError, ValueError):
+        return None  # the trainer reports an unreadable state file when it loads it
+    return path, recorded if isinstance(recorded, dict) else {}
+
+
 def build_run_config(flags: dict[str, Any], config_file: str | Path | None = None) -> RunConfig:
-    """Merge YAML values and explicitly given flags (``None`` = not given) into a RunConfig."""
+    """Merge YAML values and explicitly given flags (``None`` = not given) into a RunConfig.
+
+    With ``resume`` (a flag or a YAML key) the run's recorded config is the base: ``--resume DIR`` alone
+    continues the run as it was set up, in its own folder; any given setting that differs is kept and
+    reported in ``RunConfig.notes``.
+    """
     values: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    given: dict[tuple[str, str], tuple[str, Any]] = {}  # (section, field) -> (how the user named it, value)
     if config_file is not None:
         for key, value in load_yaml(config_file).items():
             if key == "model" and isinstance(value, dict):
                 values["model"]["overrides"] = dict(value)
                 continue
             section, name = _lookup(key, source=str(config_file))
-            values[section][name] = value
+            values[section][name] = _coerce(section, name, value, key)
+            given[(section, name)] = (f"{key} in {Path(config_file).name}", values[section][name])
     for key, value in flags.items():
         if value is None:
             continue
         section, name = _lookup(key, source="flags")
         values[section][name] = value
+        given[(section, name)] = ("--" + key.replace("_", "-"), value)
     if "name" in values["optim"]:
         values["optim"]["name"] = str(values["optim"]["name"]).lower()
+    notes: list[str] = []
+    resume = values["train"].get("resume")
+    if resume:
+        values, notes = _inherit_recorded(values, given, str(resume))
     if float(values["optim"].get("lr", 1.0)) <= 0:
         raise ConfigError(f"--lr must be positive, got {values['optim']['lr']}")
     try:
@@ -209,9 +256,67 @@ def build_run_config(flags: dict[str, Any], config_file: str | Path | None = Non
             data=DataConfig(**values["data"]),
             optim=OptimConfig(**values["optim"]),
             train=TrainConfig(**values["train"]),
+            notes=notes,
         )
     except TypeError as exc:  # wrong value type in a YAML file
         raise ConfigError(f"invalid run configuration: {exc}") from exc
+
+
+def _inherit_recorded(values: dict[str, dict[str, Any]], given: dict[tuple[str, str], tuple[str, Any]],
+                      resume: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    found = recorded_run_config(resume)
+    if found is None:  # a weights-only (Rust) checkpoint or no checkpoint: the flags alone say what to do
+        return values, []
+    checkpoint, recorded = found
+    if values["train"].get("metacog_only") and not ((recorded.get("train") or {}).get("metacog_only")):
+        return values, []  # a new meta-head run on a trained model: its own settings
+    merged: dict[str, dict[str, Any]] = {}
+    notes = []
+    for section, cls in _SECTIONS.items():
+        names = _field_names(cls)
+        base = {k: v for k, v in (recorded.get(section) or {}).items()
+                if k in names and (section, k) not in _NOT_INHERITED}
+        merged[section] = {**base, **values[section]}
+        for name, value in values[section].items():
+            if name in base and (section, name) in given and _differs(base[name], value):
+                label = given[(section, name)][0]
+                notes.append(f"{label} {_show(value)} changes the run (it was trained with {_show(base[name])})")
+    merged["train"].setdefault("output_dir", str(checkpoint.parent))
+    if notes:
+        notes.insert(0, f"resuming {checkpoint.name} with its recorded settings; changed:")
+    return merged, notes
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) != float(b)
+    if isinstance(a, list) and isinstance(b, tuple) or isinstance(a, tuple) and isinstance(b, list):
+        return list(a) != list(b)
+    return a != b
+
+
+def _show(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+def _coerce(section: str, name: str, value: Any, key: str) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string: numbers written that way become the field's number type."""
+    if not isinstance(value, str):
+        return value
+    kind = next(f.type for f in dataclasses.fields(_SECTIONS[section]) if f.name == name)
+    kinds = set(str(getattr(kind, "__name__", kind)).replace("|", " ").replace(",", " ").split())
+    if "int" in kinds:
+        try:
+            return int(value)
+        except ValueError:
+            if "float" not in kinds:
+                raise ConfigError(f"{key}: {value!r} in the config file is not a whole number") from None
+    if "float" in kinds:
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: {value!r} in the config file is not a number") from None
+    return value
 
 
 def _lookup(key: str, *, source: str) -> tuple[str, str]:

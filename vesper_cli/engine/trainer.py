@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vesper_core.checkpoint import TOKENIZER_FILE, LoadedCheckpoint, newest_checkpoint, read_checkpoint, step_from_name
+from vesper_core.checkpoint import (LoadedCheckpoint, check_tokenizer, newest_checkpoint, read_checkpoint,
+                                    step_from_name)
 from vesper_core.config import ModelConfig
 from vesper_core.device import dtype_name, parse_dtype
 from vesper_core.distributed import DistInfo, barrier, init_distributed, shard_model, shutdown
@@ -38,7 +39,7 @@ from vesper_metacog.training import build_head
 from vesper_optim.param_groups import build_param_groups
 from vesper_optim.registry import build_optimizer
 from vesper_optim.schedules import lr_at
-from vesper_cli.engine.checkpointer import Checkpointer, NullCheckpointer
+from vesper_cli.engine.checkpointer import Checkpointer, NullCheckpointer, check_output_dir
 from vesper_cli.engine.control import StopControl
 from vesper_cli.engine.evaluation import evaluate
 from vesper_cli.engine.experiment_log import ExperimentLogger
@@ -52,6 +53,36 @@ from vesper_cli.engine.evaluation import eval_batches
 
 class TrainingDivergedError(VesperError):
     """Too many consecutive non-finite steps."""
+
+
+# dense bf16/f16 peak FLOP/s of accelerators we know, for MFU (absent: MFU is not reported)
+_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
+                "RTX 4090": 165.0, "RTX 3090": 71.0}
+
+
+def model_flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x parameters in matmuls + 12 x layers x hidden x seq_len (attention)."""
+    h, layers = config.hidden_size, config.num_layers
+    matmul_params = layers * (4 * h * h + 3 * h * config.intermediate_size) + h * config.vocab_size
+    return 6.0 * matmul_params + 12.0 * layers * h * seq_len
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The device's peak FLOP/s when known (CUDA with a known name; ``VESPER_PEAK_TFLOPS`` overrides)."""
+    import os
+
+    if os.environ.get("VESPER_PEAK_TFLOPS"):
+        try:
+            return float(os.environ["VESPER_PEAK_TFLOPS"]) * 1e12
+        except ValueError:
+            return None
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in _PEAK_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12 / (1 if dtype != torch.float32 else 2)  # TF32 is about half
+    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -105,22 +136,23 @@ class TrainingRun:
 
 
 # -- building a run from its config ------------------------------------------------------------------
-def _prepare_output_dir(path: Path, is_main: bool) -> Path:
-    if not is_main:
-        return path
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".vesper-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"--output-dir {path} is not writable ({exc.strerror}); choose another folder") from exc
-    return path
-
-
 def _config_diff(a: ModelConfig, b: ModelConfig) -> str:
     da, db = a.to_dict(), b.to_dict()
     return ", ".join([f"{k}: {da[k]} vs {db.get(k)}" for k in da if da[k] != db.get(k)][:4])
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _file_sha(path: Path) -> str | None:
+    try:
+        return VesperTokenizer.from_file(path).sha256()
+    except VesperError:
+        return None
 
 
 def _resolve_resume(path: str) -> Path:
@@ -157,8 +189,9 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
     """Every component of a ``vesper train`` run; validates the inputs before the first write."""
     tcfg = cfg.train
     notes: list[str] = []
+    notes.extend(cfg.notes)
     dist_info = init_distributed(tcfg.device)
-    output_dir = _prepare_output_dir(Path(tcfg.output_dir), dist_info.is_main)
+    output_dir = Path(tcfg.output_dir)
     dtype = parse_dtype(tcfg.dtype)
     if tcfg.eval_every and not (cfg.data.val_dataset or cfg.data.val_fraction):
         raise ConfigError("--eval-every needs --val-dataset or --val-fraction (held-out text to evaluate on)")
@@ -166,15 +199,25 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
     resume_path = _resolve_resume(tcfg.resume) if tcfg.resume else None
     resume_ckpt = read_checkpoint(resume_path) if resume_path else None
     resume_state = load_resume_state(resume_path) if resume_path else None
+    continuing = (resume_path is not None and not (tcfg.metacog_only and not _metacog_only_state(resume_state))
+                  and _same_folder(resume_path.parent, output_dir))
+    if continuing and tcfg.overwrite:
+        raise ConfigError(f"--overwrite would delete the run that --resume {tcfg.resume} continues; drop --overwrite "
+                          f"(or write the continued run to another --output-dir)")
+    if dist_info.is_main:
+        check_output_dir(output_dir, continuing=continuing, overwrite=tcfg.overwrite)
 
-    saved = [output_dir / TOKENIZER_FILE]
-    if resume_ckpt is not None:
-        saved = resume_ckpt.tokenizer_candidates() + saved
+    # --tokenizer auto: the resumed checkpoint's own tokenizer, else (a new run) one trained on the data;
+    # never a tokenizer left in --output-dir by an earlier run
+    saved = resume_ckpt.tokenizer_candidates() if resume_ckpt is not None else []
+    if resume_ckpt is not None and cfg.data.tokenizer == "auto":
+        recorded = resume_ckpt.meta("tokenizer_sha256")
+        saved = [p for p in saved if p.is_file() and (not recorded or _file_sha(p) == str(recorded))] or saved
     tokenizer, notice = prepare_tokenizer(cfg.data, saved_candidates=saved)
     if notice:
         notes.append(notice)
-    if dist_info.is_main:
-        tokenizer.save(output_dir / TOKENIZER_FILE)
+    if resume_ckpt is not None:
+        check_tokenizer(resume_ckpt, tokenizer.sha256(), tokenizer.name)
 
     data = open_training_data(cfg.data, tokenizer, seed=tcfg.seed, rank=dist_info.rank,
                               world_size=dist_info.world_size, on_warning=observer.on_message)
@@ -237,8 +280,12 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
         if resume_state is None:
             notes.append(f"warning: {resume_ckpt.path.name} has no resume state beside it (a weights-only or "
                          f"Rust checkpoint): continuing at step {start_step} with a fresh optimizer and data order")
+    if tcfg.max_steps and start_step >= tcfg.max_steps:
+        raise ConfigError(
+            f"--max-steps {tcfg.max_steps} is not beyond the checkpoint's step {start_step}: nothing to train. "
+            f"Pass --max-steps larger than {start_step} to continue the run")
     log = TrainingLog.open(output_dir, optimizer=cfg.optim.name, model_size=cfg.model.model_size,
-                           resume_step=start_step)
+                           resume_step=start_step if continuing else 0)
     checkpointer = Checkpointer(output_dir, cfg=cfg, dist=dist_info, tokenizer=tokenizer, dtype=dtype)
     run = TrainingRun(cfg=cfg, dist=dist_info, dtype=dtype, model_config=model_config, model=model, step_fn=step_fn,
                       optimizer=optimizer, loader=data.loader, checkpointer=checkpointer, log=log,
@@ -296,6 +343,8 @@ class Trainer:
         switch_optimizer_mode(run.optimizer, training=True)
         if path is not None:
             self.checkpoints.append(path)
+            if run.log is not None and run.dist.is_main:
+                run.log.event("checkpoint", step=run.step, path=str(path))
             self.observer.on_checkpoint(path)
         return path
 
@@ -346,6 +395,17 @@ class Trainer:
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * tcfg.grad_accum * run.dist.world_size
         if resume_state is not None:
             run.checkpointer.restore(run, resume_state)
+        if epochs is not None and loader.epoch + (1 if loader.index >= loader.num_batches else 0) >= epochs:
+            raise ConfigError(
+                f"the checkpoint at step {run.step} already finished the run's {epochs} epoch(s): nothing to train. "
+                f"Pass a larger --epochs, or --max-steps beyond {run.step}, to continue")
+        # every check passed: the first write of the run
+        run.checkpointer.begin(run, overwrite=tcfg.overwrite)
+        if run.log is not None and run.dist.is_main:
+            run.log.start_events(fresh=tcfg.overwrite or run.step == 0)
+            control.on_force_exit = run.log.write  # a second signal exits at once, but keeps the log
+        flops_per_token = model_flops_per_token(run.model_config, cfg.data.seq_len)
+        peak = peak_flops(run.dist.device, run.dtype)
         observer.on_start(RunInfo(
             model_size=cfg.model.model_size, num_params=run.model.num_parameters(),
             vocab_size=run.model_config.vocab_size, device=str(run.dist.device), dtype=dtype_name(run.dtype),
@@ -353,12 +413,15 @@ class Trainer:
             num_train_tokens=run.num_train_tokens, batches_per_epoch=loader.num_batches, total_steps=total,
             start_step=run.step, notes=run.notes))
         self.tracker = ExperimentLogger.create(cfg, run.dist.is_main, observer.on_message)
+        if run.log is not None:
+            run.log.event("start", step=run.step, total_steps=total, run_config=cfg.to_dict())
 
         first_loss = last_loss = None
         window_losses: list[float] = []  # since the last periodic save: the training-loss "best" criterion
         epoch_losses: list[float] = []
         start = time.perf_counter()
-        session_tokens = 0
+        session_tokens = session_steps = 0
+        step_start = start
         stop_reason = None
         run.step_fn.objective.train(True)
         switch_optimizer_mode(run.optimizer, training=True)
@@ -376,6 +439,7 @@ class Trainer:
             lr = self._lr(run.step, total)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
+            step_start = time.perf_counter()
             outcome = run.step_fn([next(batches) for _ in range(tcfg.grad_accum)])
             session_tokens += tokens_per_step
             if outcome.skipped:
@@ -384,12 +448,23 @@ class Trainer:
                 run.counters["consecutive_bad_steps"] = 0
                 run.step += 1
                 run.counters["tokens_seen"] += tokens_per_step
-                metrics = self._metrics(outcome, lr, epoch, session_tokens / max(time.perf_counter() - start, 1e-9))
+                session_steps += 1
+                now = time.perf_counter()
+                elapsed = now - start
+                metrics = self._metrics(outcome, lr, epoch, session_tokens / max(elapsed, 1e-9))
+                metrics.step_time_s, metrics.elapsed_s, metrics.total_steps = now - step_start, elapsed, total
+                if total is not None:
+                    metrics.eta_s = max(total - run.step, 0) * elapsed / session_steps
+                if peak:
+                    metrics.mfu = metrics.tokens_per_sec * flops_per_token / peak
                 if run.log is not None:
                     run.log.append(metrics)
                 observer.on_step(metrics)
                 if run.step % tcfg.log_every == 0:
                     self.tracker.log_step(metrics)
+                    if run.log is not None and run.dist.is_main:
+                        run.log.event("step", **run.log.steps[-1])
+                        run.log.write()
                 first_loss = outcome.loss if first_loss is None else first_loss
                 last_loss = outcome.loss
                 window_losses.append(outcome.loss)
@@ -415,7 +490,6 @@ class Trainer:
         final_eval = None
         if stop_reason is not None:
             final = self._save(f"checkpoint-emergency-step{run.step}.safetensors")
-            observer.on_message(f"stopped by {stop_reason}: resume with --resume {final}")
         else:
             if run.val_windows is not None:
                 evals = run.log.evals if run.log is not None else []
@@ -426,6 +500,9 @@ class Trainer:
                 self._maybe_best(sum(window_losses) / len(window_losses), "train_loss")
             final = self._save("checkpoint-final.safetensors")
         self.tracker.finish()
+        if run.log is not None and run.dist.is_main:
+            run.log.event("end", step=run.step, stopped_by=stop_reason, final_checkpoint=final and str(final))
+            run.log.write()
         result = TrainResult(
             output_dir=run.checkpointer.output_dir, final_checkpoint=final,
             log_path=run.log.path if run.log is not None else None, steps=run.step,
@@ -445,8 +522,11 @@ class Trainer:
         self.observer.on_message(f"step {run.step + 1} skipped: {outcome.skipped} "
                                  f"({run.counters['bad_steps']} skipped so far)")
         if run.counters["consecutive_bad_steps"] >= tcfg.max_bad_steps:
-            path = self._save(f"checkpoint-{run.step}.safetensors")
-            where = f"saved the last good weights to {path}" if path else "nothing was saved"
+            finite = all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
+            path = self._save(f"checkpoint-{run.step}.safetensors") if finite else None
+            where = (f"saved the last good weights to {path}" if path else
+                     "the weights themselves are not finite, so nothing was saved (resume from an earlier checkpoint)"
+                     if not finite else "nothing was saved")
             raise TrainingDivergedError(
                 f"{run.counters['consecutive_bad_steps']} consecutive steps had a non-finite loss or gradient "
                 f"(--max-bad-steps {tcfg.max_bad_steps}); stopped, {where}. "

@@ -33,6 +33,9 @@ Progress = Callable[[int, int], None]  # (bytes of text tokenized, tokens writte
 def _temp(final: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(name, 0o666 & ~mask)  # mkstemp makes 0600 files; a cache is shared like any other file
     return Path(name)
 
 

@@ -107,10 +107,14 @@ def _describe(files: Sequence[Path]) -> str:
 def resolve_auto_tokenizer(*, saved: str | Path | Sequence[str | Path] | None = None,
                            training_files: Sequence[Path | str] = (),
                            texts: Callable[[], Iterable[str]] | Iterable[str] | None = None,
-                           vocab_size: int = 8192, try_hub: bool = True, fmt: str = "auto",
+                           vocab_size: int = 8192, try_hub: bool = False, fmt: str = "auto",
                            text_field: str = "text",
                            sample_bytes: int = BPE_SAMPLE_BYTES) -> tuple[VesperTokenizer, str]:
-    """``--tokenizer auto``: a saved tokenizer, else Hugging Face gpt2, else a BPE trained here.
+    """``--tokenizer auto``: a saved tokenizer, else a BPE trained here on the data.
+
+    The result does not depend on the network (the same run gives the same numbers on- and offline);
+    ``try_hub=True`` restores the old order (Hugging Face gpt2 before training a BPE). An explicit hub
+    id (``--tokenizer gpt2``) still loads from the hub.
 
     The BPE is trained on the first ``sample_bytes`` of ``training_files`` (read with ``fmt`` /
     ``text_field``) or of ``texts`` (documents, or a function returning them). Returns the

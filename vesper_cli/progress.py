@@ -119,8 +119,10 @@ class ConsoleTrainObserver(TrainObserver):
         if result.stopped_by is not None:
             info(f"stopped by {result.stopped_by} at step {result.steps} after {result.elapsed_s:.1f} s, "
                  f"loss {first} -> {final}")
-            info(f"emergency checkpoint: {result.final_checkpoint}")
-            if result.output_dir is not None:
+            if result.final_checkpoint is None:
+                info("stopped before the first step: nothing was written")
+            else:
+                info(f"emergency checkpoint: {result.final_checkpoint}")
                 info(f"continue with: vesper train --resume {result.output_dir}")
         else:
             info(f"done: {result.steps} steps in {result.elapsed_s:.1f} s, loss {first} -> {final}")

@@ -18,7 +18,7 @@ TRAIN_FLAGS = {
     "--text-field", "--val-fraction", "--eval-batches", "--loss", "--min-lr-ratio", "--beta1", "--beta2", "--eps",
     "--velvet-rules", "--entropy-signal", "--entropy-target", "--perplexity-target", "--lr-combine",
     "--entropy-adaptive", "--no-entropy-adaptive", "--perplexity-guided", "--no-perplexity-guided", "--sparse-aware",
-    "--sparse-params", "--backend", "--overwrite", "--tensorboard",
+    "--sparse-params", "--backend", "--hypergradient-rate", "--overwrite", "--tensorboard",
 }
 GENERATE_FLAGS = {
     "--model", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",
@@ -32,7 +32,7 @@ BENCHMARK_FLAGS = {
     "--text-field", "--loss", "--warmup-steps", "--lr-schedule", "--min-lr-ratio", "--weight-decay", "--max-grad-norm",
     "--velvet-rules", "--entropy-signal", "--entropy-target", "--perplexity-target", "--lr-combine",
     "--entropy-adaptive", "--no-entropy-adaptive", "--perplexity-guided", "--no-perplexity-guided", "--sparse-aware",
-    "--sparse-params", "--backend",
+    "--sparse-params", "--backend", "--hypergradient-rate",
 }
 PLOT_FLAGS = {"--output"}
 

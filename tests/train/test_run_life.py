@@ -153,10 +153,19 @@ def test_live_log_is_written_at_every_log_step(tmp_path, text_file):
                 events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
                 log = json.loads((out / "training_log.json").read_text())
                 seen.append(([e["event"] for e in events], [s["step"] for s in log["steps"]]))
+                try:
+                    import matplotlib  # noqa: F401
+                except ImportError:
+                    return
+                from vesper_cli.plots import plot_files
+
+                png, _ = plot_files([out], tmp_path / "live.png")  # `vesper plot RUN_DIR` while it trains
+                seen.append(png.stat().st_size)
 
     train(run_config(text_file, out, max_steps=6, save_every=0, log_every=2), Watch())
     kinds, steps = seen[0]
     assert kinds[0] == "start" and "step" in kinds and steps[-1] >= 2
+    assert len(seen) == 1 or seen[1] > 0
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     step_events = [e for e in events if e["event"] == "step"]
     assert [e["step"] for e in step_events] == [2, 4, 6]
@@ -169,9 +178,11 @@ def test_yaml_scientific_notation_is_a_number(tmp_path):
     run_file.write_text("lr: 1e-3\nmax_steps: 5\nwarmup_steps: '10'\nmin_lr_ratio: 1e-1\n")
     cfg = build_run_config({}, run_file)
     assert cfg.optim.lr == 0.001 and cfg.optim.min_lr_ratio == 0.1 and cfg.optim.warmup_steps == 10
-    run_file.write_text("lr: fast\n")
-    with pytest.raises(ConfigError, match="not a number"):
-        build_run_config({}, run_file)
+    for bad, why in (("lr: fast", "not a number"), ("lr: [1]", "not a number"), ("moe: maybe", "not true or false"),
+                     ("batch_size: 4.5", "not a whole number")):
+        run_file.write_text(bad + "\n")
+        with pytest.raises(ConfigError, match=why):
+            build_run_config({}, run_file)
 
 
 def test_auto_tokenizer_never_asks_the_hub(tmp_path, text_file, monkeypatch):
@@ -227,3 +238,11 @@ def test_tensorboard_writes_events_or_warns_once(tmp_path, text_file):
         assert len(warnings) == 1 and "pip install 'vesper[tensorboard]'" in warnings[0]
     else:
         assert any((tmp_path / "tb" / "tensorboard").iterdir())
+
+
+def test_a_stop_before_the_first_step_writes_nothing(tmp_path, text_file):
+    control = StopControl()
+    control.request_stop("SIGINT")
+    result = train(run_config(text_file, tmp_path / "never", max_steps=5), control=control)
+    assert result.stopped_by == "SIGINT" and result.final_checkpoint is None
+    assert not (tmp_path / "never").exists()

@@ -125,6 +125,7 @@ def benchmark_command(
     entropy_target: Optional[float] = config_option(O, "entropy_target", default=None),
     perplexity_target: Optional[float] = config_option(O, "perplexity_target", default=None),
     lr_combine: Optional[str] = config_option(O, "lr_combine", default=None),
+    hypergradient_rate: Optional[float] = config_option(O, "hypergradient_rate", default=None),
     entropy_adaptive: Optional[bool] = config_option(O, "entropy_adaptive", "--entropy-adaptive/--no-entropy-adaptive"),
     perplexity_guided: Optional[bool] = config_option(O, "perplexity_guided", "--perplexity-guided/--no-perplexity-guided"),
     sparse_aware: Optional[bool] = config_option(O, "sparse_aware", flag=True),
@@ -143,6 +144,7 @@ def benchmark_command(
                      lr_schedule=lr_schedule, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay,
                      max_grad_norm=max_grad_norm, velvet_rules=velvet_rules, entropy_signal=entropy_signal,
                      entropy_target=entropy_target, perplexity_target=perplexity_target, lr_combine=lr_combine,
+                     hypergradient_rate=hypergradient_rate,
                      entropy_adaptive=entropy_adaptive, perplexity_guided=perplexity_guided,
                      sparse_aware=sparse_aware, sparse_params=sparse_params, backend=backend)
     cfg = BenchConfig.from_flat(**settings)

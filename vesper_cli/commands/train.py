@@ -10,7 +10,6 @@ import typer
 from vesper_cli.commands.options import config_option, data_option
 from vesper_cli.engine.run_config import ModelSpec, TrainConfig
 from vesper_cli.progress import ConsoleTrainObserver
-from vesper_data.config import DataConfig
 from vesper_optim.config import OptimConfig
 
 T, M, O = TrainConfig, ModelSpec, OptimConfig
@@ -56,6 +55,7 @@ def train_command(
     entropy_target: Optional[float] = config_option(O, "entropy_target", default=None),
     perplexity_target: Optional[float] = config_option(O, "perplexity_target", default=None),
     lr_combine: Optional[str] = config_option(O, "lr_combine", default=None),
+    hypergradient_rate: Optional[float] = config_option(O, "hypergradient_rate", default=None),
     entropy_adaptive: Optional[bool] = config_option(O, "entropy_adaptive", "--entropy-adaptive/--no-entropy-adaptive"),
     perplexity_guided: Optional[bool] = config_option(O, "perplexity_guided", "--perplexity-guided/--no-perplexity-guided"),
     sparse_aware: Optional[bool] = config_option(O, "sparse_aware", flag=True),

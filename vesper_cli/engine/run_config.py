@@ -300,17 +300,29 @@ def _show(value: Any) -> str:
 
 
 def _coerce(section: str, name: str, value: Any, key: str) -> Any:
-    """YAML 1.1 reads ``1e-3`` as a string: numbers written that way become the field's number type."""
-    if not isinstance(value, str):
-        return value
+    """YAML 1.1 reads ``1e-3`` as a string: numbers written that way become the field's number type;
+    a value of the wrong kind for a number or a switch is refused here, naming the key."""
     kind = next(f.type for f in dataclasses.fields(_SECTIONS[section]) if f.name == name)
     kinds = set(str(getattr(kind, "__name__", kind)).replace("|", " ").replace(",", " ").split())
+    if value is None or kinds & {"Any", "str"} and not kinds & {"int", "float", "bool"}:
+        return value
+    if "bool" in kinds:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: {value!r} in the config file is not true or false")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        if kinds & {"int", "float"}:
+            raise ConfigError(f"{key}: {value!r} in the config file is not a number")
+        return value
     if "int" in kinds:
         try:
-            return int(value)
+            number = float(value)
         except ValueError:
-            if "float" not in kinds:
-                raise ConfigError(f"{key}: {value!r} in the config file is not a whole number") from None
+            number = None
+        if number is not None and number.is_integer():
+            return int(number)
+        if "float" not in kinds:
+            raise ConfigError(f"{key}: {value!r} in the config file is not a whole number") from None
     if "float" in kinds:
         try:
             return float(value)

@@ -399,6 +399,12 @@ class Trainer:
             raise ConfigError(
                 f"the checkpoint at step {run.step} already finished the run's {epochs} epoch(s): nothing to train. "
                 f"Pass a larger --epochs, or --max-steps beyond {run.step}, to continue")
+        if control.requested:  # stopped while the run was being built: nothing has been written, keep it so
+            result = TrainResult(output_dir=None, final_checkpoint=None, log_path=None, steps=run.step, first_loss=None,
+                                 final_loss=None, elapsed_s=0.0, tokens_seen=run.counters["tokens_seen"],
+                                 stopped_by=control.reason)
+            observer.on_end(result)
+            return result
         # every check passed: the first write of the run
         run.checkpointer.begin(run, overwrite=tcfg.overwrite)
         if run.log is not None and run.dist.is_main:

@@ -57,6 +57,8 @@ def test_a_failing_resume_changes_nothing_in_the_run(tmp_path, finished_run, tex
         train(build_run_config({"resume": str(finished_run), "max_steps": 4}))
     with pytest.raises(ConfigError, match="nothing to train"):  # already finished
         train(build_run_config({"resume": str(finished_run)}))
+    with pytest.raises(CheckpointError, match="pass --optimizer velvet"):  # no class names in the message
+        train(build_run_config({"resume": str(finished_run), "max_steps": 9, "optimizer": "adamw"}))
     assert snapshot(tmp_path) == before
 
 

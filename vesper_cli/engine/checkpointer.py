@@ -116,9 +116,11 @@ class Checkpointer:
         """Optimizer, scaler, data position, counters and RNG: the run continues as if never stopped."""
         meta = state.meta
         if meta.get("optimizer_class") != type(run.optimizer).__name__:
+            recorded = ((meta.get("run_config") or {}).get("optim") or {}).get("name") or meta.get("optimizer_class")
             raise CheckpointError(
-                f"resume state was written by optimizer {meta.get('optimizer_class')}, this run uses "
-                f"{type(run.optimizer).__name__}; pass the same --optimizer")
+                f"the checkpoint was trained with --optimizer {recorded}, this run asks for --optimizer "
+                f"{self.cfg.optim.name}; its optimizer state fits only the same optimizer: pass --optimizer "
+                f"{recorded} (or drop --optimizer to continue as recorded)")
         try:
             saved, note = adapt_optimizer_state(state.optimizer_state_dict(), run.optimizer)
             if note:

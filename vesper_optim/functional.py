@@ -2,10 +2,13 @@
 
 ``velvet(...)`` applies the adaptive scales (once), advances the per-parameter step counters and
 the running product of beta1, computes the bias corrections, then calls a backend kernel once per
-set of tensors that share a step count (one call in practice). Kernels only see the final scalars
-(``lr_e``, ``beta1_e``, ``bias_correction1/2``), so no backend can scale twice (UPSTREAM_SPEC §3.6).
+set of tensors that share a step count (one call in practice). Kernels only see the final scalars,
+one :class:`~vesper_optim.kernels.VelvetScalars` per call (``lr_e``, ``beta1_e``, ``beta2``, ``eps``,
+``weight_decay``, ``bias_correction1/2``, ``sparse``), so no backend can scale twice (UPSTREAM_SPEC §3.6).
 
-Every kernel has the signature of :class:`VelvetKernel` and updates params, ``exp_avgs`` and
+Every kernel has the signature of :class:`VelvetKernel`,
+``kernel(params, grads, exp_avgs, exp_avg_sqs, scalars, **backend_options)`` (backend options are
+keyword-only extras with defaults, e.g. ``block_size``), and updates params, ``exp_avgs`` and
 ``exp_avg_sqs`` in place. ``reference`` (``_single_tensor_velvet``) is the spec; other backends
 must match it (tests/optim, tests/parity). Register new ones in ``BACKENDS``: a plain function
 (runs anything, anywhere), or a :class:`VelvetBackend` that declares what it supports: devices,
@@ -36,7 +39,7 @@ from vesper_core.device import has_module
 from vesper_core.errors import BackendUnavailableError, ConfigError, VesperError
 from vesper_core.registry import Registry
 from vesper_optim import kernels
-from vesper_optim.kernels import SPARSE_THRESHOLD
+from vesper_optim.kernels import SPARSE_THRESHOLD, VelvetScalars
 from vesper_optim.kernels.velvet_fused_cpu import fused_beta_ok
 from vesper_optim.signals import VelvetRules, resolve_rules
 
@@ -65,15 +68,7 @@ class VelvetKernel(Protocol):
         grads: Sequence[Tensor],
         exp_avgs: Sequence[Tensor],
         exp_avg_sqs: Sequence[Tensor],
-        *,
-        lr_e: float,
-        beta1_e: float,
-        beta2: float,
-        eps: float,
-        weight_decay: float,
-        bias_correction1: float,
-        bias_correction2: float,
-        sparse: bool,
+        scalars: VelvetScalars,
     ) -> None: ...
 
 
@@ -172,12 +167,10 @@ def effective_beta1(beta1: float, ppl_scale: float, perplexity_guided: bool,
 # -- kernels ----------------------------------------------------------------------------
 
 
-def _velvet_tensor(
-    param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *,
-    lr_e: float, beta1_e: float, beta2: float, eps: float, weight_decay: float,
-    bias_correction1: float, bias_correction2: float, sparse: bool,
-) -> None:
+def _velvet_tensor(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, s: VelvetScalars) -> None:
     """The update of one tensor, in AdamW's order of operations."""
+    lr_e, beta1_e, beta2, eps, weight_decay = s.lr_e, s.beta1_e, s.beta2, s.eps, s.weight_decay
+    bias_correction1, bias_correction2, sparse = s.bias_correction1, s.bias_correction2, s.sparse
     work = param if param.dtype == torch.float32 else param.float()
     grad = grad.float()
     if sparse:
@@ -198,15 +191,11 @@ def _velvet_tensor(
 
 def _single_tensor_velvet(
     params: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Sequence[Tensor],
-    exp_avg_sqs: Sequence[Tensor], *, lr_e: float, beta1_e: float, beta2: float, eps: float,
-    weight_decay: float, bias_correction1: float, bias_correction2: float, sparse: bool,
+    exp_avg_sqs: Sequence[Tensor], scalars: VelvetScalars,
 ) -> None:
     """Reference kernel (the spec): a for-loop over tensors."""
     for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
-        _velvet_tensor(
-            p, g, m, v, lr_e=lr_e, beta1_e=beta1_e, beta2=beta2, eps=eps, weight_decay=weight_decay,
-            bias_correction1=bias_correction1, bias_correction2=bias_correction2, sparse=sparse,
-        )
+        _velvet_tensor(p, g, m, v, scalars)
 
 
 def _batches(params: Sequence[Tensor]) -> list[list[int]]:
@@ -241,17 +230,15 @@ def _batches(params: Sequence[Tensor]) -> list[list[int]]:
 
 def _foreach_velvet(
     params: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Sequence[Tensor],
-    exp_avg_sqs: Sequence[Tensor], *, lr_e: float, beta1_e: float, beta2: float, eps: float,
-    weight_decay: float, bias_correction1: float, bias_correction2: float, sparse: bool,
+    exp_avg_sqs: Sequence[Tensor], scalars: VelvetScalars,
 ) -> None:
     """Multi-tensor kernel: the reference's ops, in its order, as ``torch._foreach_*`` chains."""
-    if sparse:  # element masks have no foreach form: per-tensor masked math
-        _single_tensor_velvet(
-            params, grads, exp_avgs, exp_avg_sqs, lr_e=lr_e, beta1_e=beta1_e, beta2=beta2, eps=eps,
-            weight_decay=weight_decay, bias_correction1=bias_correction1,
-            bias_correction2=bias_correction2, sparse=True,
-        )
+    if scalars.sparse:  # element masks have no foreach form: per-tensor masked math
+        _single_tensor_velvet(params, grads, exp_avgs, exp_avg_sqs, scalars)
         return
+    lr_e, beta1_e, beta2, eps, weight_decay = (
+        scalars.lr_e, scalars.beta1_e, scalars.beta2, scalars.eps, scalars.weight_decay)
+    bias_correction1, bias_correction2 = scalars.bias_correction1, scalars.bias_correction2
     bc2_sqrt = math.sqrt(bias_correction2)
     neg_step_size = -(lr_e / bias_correction1)
     for idx in _batches(params):
@@ -453,12 +440,12 @@ def velvet(
         buckets[key].append(i)
     for (step, prod), idx in buckets.items():
         try:
-            impl(
-                [params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
-                [exp_avg_sqs[i] for i in idx], lr_e=lr_e, beta1_e=beta1_e, beta2=beta2, eps=eps,
-                weight_decay=weight_decay, bias_correction1=1.0 - prod, bias_correction2=1.0 - beta2**step,
-                sparse=sparse_mask_enabled,
+            scalars = VelvetScalars(
+                lr_e=lr_e, beta1_e=beta1_e, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                bias_correction1=1.0 - prod, bias_correction2=1.0 - beta2**step, sparse=sparse_mask_enabled,
             )
+            impl([params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
+                 [exp_avg_sqs[i] for i in idx], scalars)
         except VesperError:
             raise
         except (ValueError, TypeError) as exc:  # a kernel refusing its input is a settings problem

@@ -4,6 +4,7 @@ bare ValueError/TypeError."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -21,7 +22,7 @@ from vesper_core.errors import BackendUnavailableError, ConfigError, VesperError
 from vesper_optim import Velvet as _Velvet  # noqa: E402
 from vesper_optim import functional as F  # noqa: E402
 from vesper_optim.signals import UPSTREAM  # noqa: E402
-from vesper_optim.kernels import SPARSE_THRESHOLD  # noqa: E402
+from vesper_optim.kernels import SPARSE_THRESHOLD, VelvetScalars  # noqa: E402
 from vesper_optim.kernels.velvet_fused_cpu import fused_beta_ok, velvet_fused_cpu_  # noqa: E402
 
 
@@ -224,7 +225,7 @@ def test_auto_never_picks_triton_on_cpu_even_under_the_interpreter(monkeypatch):
 def test_kernel_value_and_type_errors_become_config_errors(monkeypatch):
     monkeypatch.delenv(F.ENV_VAR, raising=False)
 
-    def picky(params, grads, exp_avgs, exp_avg_sqs, **kw):
+    def picky(params, grads, exp_avgs, exp_avg_sqs, scalars):
         raise ValueError("beta1_e out of range for this kernel")
 
     F.BACKENDS.register("test_picky", picky)
@@ -237,10 +238,10 @@ def test_kernel_value_and_type_errors_become_config_errors(monkeypatch):
     finally:
         F.BACKENDS.unregister("test_picky")
     # our own kernels raise ConfigError for inputs they cannot take (a grad of another dtype here)
-    kw = dict(lr_e=1e-3, beta1_e=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, bias_correction1=0.1,
-              bias_correction2=1e-3, sparse=False)
+    s = VelvetScalars(lr_e=1e-3, beta1_e=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, bias_correction1=0.1,
+                      bias_correction2=1e-3, sparse=False)
     with pytest.raises(ConfigError, match="grad dtype"):
-        velvet_fused_cpu_([torch.ones(3)], [torch.ones(3, dtype=torch.float64)], [torch.zeros(3)], [torch.zeros(3)], **kw)
+        velvet_fused_cpu_([torch.ones(3)], [torch.ones(3, dtype=torch.float64)], [torch.zeros(3)], [torch.zeros(3)], s)
     # the functional core checks the declaration first
     state = [torch.tensor(0.0)], [torch.tensor(1.0, dtype=torch.float64)]
     with pytest.raises(ConfigError, match="'fused' cannot run these parameters: .*not float64"):
@@ -260,13 +261,13 @@ def test_fused_beta_limit_is_exact():
     p, g = torch.randn(1000), torch.randn(1000)
     m, v = torch.randn(1000) * 1e-3, torch.rand(1000) * 1e-6
     ref = [t.clone() for t in (p, g, m, v)]
-    kw = dict(lr_e=1e-2, beta1_e=0.99999996, beta2=0.99999996, eps=1e-8, weight_decay=0.1,
-              bias_correction1=0.5, bias_correction2=0.25, sparse=False)
-    velvet_fused_cpu_([p], [g], [m], [v], **kw)
-    F._single_tensor_velvet([ref[0]], [ref[1]], [ref[2]], [ref[3]], **kw)
+    s = VelvetScalars(lr_e=1e-2, beta1_e=0.99999996, beta2=0.99999996, eps=1e-8, weight_decay=0.1,
+                      bias_correction1=0.5, bias_correction2=0.25, sparse=False)
+    velvet_fused_cpu_([p], [g], [m], [v], s)
+    F._single_tensor_velvet([ref[0]], [ref[1]], [ref[2]], [ref[3]], s)
     torch.testing.assert_close(p, ref[0], atol=1e-6, rtol=0)
     with pytest.raises(ConfigError, match="beta2=0.99999997"):
-        velvet_fused_cpu_([p], [g], [m], [v], **{**kw, "beta2": 0.99999997})
+        velvet_fused_cpu_([p], [g], [m], [v], dataclasses.replace(s, beta2=0.99999997))
 
 
 def test_sparse_threshold_is_defined_once():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import warnings
@@ -65,9 +66,10 @@ def test_foreach_matches_reference(dtypes, entropy_adaptive, perplexity_guided, 
 def test_dispatcher_passes_scaled_hyperparameters_once():
     seen = {}
 
-    def recording(params, grads, exp_avgs, exp_avg_sqs, **kw):
-        seen.update(kw)
-        F._single_tensor_velvet(params, grads, exp_avgs, exp_avg_sqs, **kw)
+    def recording(params, grads, exp_avgs, exp_avg_sqs, scalars, **options):
+        assert not options  # the dispatcher passes no backend options
+        seen.update(dataclasses.asdict(scalars))
+        F._single_tensor_velvet(params, grads, exp_avgs, exp_avg_sqs, scalars)
 
     F.BACKENDS.register("test_recording", recording)
     try:
@@ -170,10 +172,10 @@ def test_params_with_different_step_counts_get_their_own_bias_correction(backend
 def test_backend_without_sparse_support_explicit_refused_auto_falls_through(monkeypatch):
     calls = []
 
-    def dense_only(params, grads, exp_avgs, exp_avg_sqs, *, sparse, **kw):
-        calls.append(sparse)
-        assert not sparse
-        F._foreach_velvet(params, grads, exp_avgs, exp_avg_sqs, sparse=sparse, **kw)
+    def dense_only(params, grads, exp_avgs, exp_avg_sqs, scalars):
+        calls.append(scalars.sparse)
+        assert not scalars.sparse
+        F._foreach_velvet(params, grads, exp_avgs, exp_avg_sqs, scalars)
 
     monkeypatch.delenv(F.ENV_VAR, raising=False)
     F.BACKENDS.register("test_dense_only", F.VelvetBackend("test_dense_only", dense_only,

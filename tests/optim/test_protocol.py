@@ -45,8 +45,8 @@ def test_step_metrics_are_what_the_next_step_applies():
     assert metrics["beta1_effective"] == opt.effective_beta1()
     seen = {}
 
-    def recording(params, grads, exp_avgs, exp_avg_sqs, **kw):
-        seen.update(kw)
+    def recording(params, grads, exp_avgs, exp_avg_sqs, scalars):
+        seen.update(lr_e=scalars.lr_e, beta1_e=scalars.beta1_e)
 
     from vesper_optim import functional as F
     F.BACKENDS.register("test_recording_metrics", recording)

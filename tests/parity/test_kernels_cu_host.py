@@ -35,6 +35,7 @@ import ctypes
 import shutil
 import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ import torch
 from _velvet_helpers import step_schedule
 
 from vesper_optim.functional import _single_tensor_velvet
-from vesper_optim.kernels import velvet_cupy
+from vesper_optim.kernels import VelvetScalars, velvet_cupy
 from vesper_optim.kernels._common import fold_scalars, group_by_device_dtype
 
 HOST_DIR = Path(__file__).resolve().parent / "cuda_host"
@@ -111,24 +112,23 @@ def single_blocks(n: int, grid: str) -> int:
     return max(1, min((n + THREADS - 1) // THREADS, 65535 * 8)) if grid == "cupy" else 2
 
 
-def host_velvet_(lib, params, grads, exp_avgs, exp_avg_sqs, *, multi_tensor: bool, grid: str, lr_e, beta1_e,
-                 beta2, eps, weight_decay, bias_correction1, bias_correction2, sparse):
-    s = fold_scalars(lr_e=lr_e, beta1_e=beta1_e, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                     bias_correction1=bias_correction1, bias_correction2=bias_correction2)
-    scalars = (s.decay, s.beta1, s.beta2, s.eps, s.step_size, s.inv_sqrt_bc2, 1 if sparse else 0)
+def host_velvet_(lib, params, grads, exp_avgs, exp_avg_sqs, scalars: VelvetScalars, *, multi_tensor: bool,
+                 grid: str):
+    s = fold_scalars(scalars)
+    args = (s.decay, s.beta1, s.beta2, s.eps, s.step_size, s.inv_sqrt_bc2, 1 if scalars.sparse else 0)
     for (_, dtype), quads in group_by_device_dtype(params, grads, exp_avgs, exp_avg_sqs).items():
         assert all(t.is_contiguous() for q in quads for t in q)
         if multi_tensor:
             flat, num_tensors, num_chunks = velvet_cupy._table_entries(quads)
             table = torch.tensor(flat, dtype=torch.int64)
             getattr(lib, f"launch_velvet_multi_{_DT[dtype]}")(
-                multi_blocks(num_chunks, grid), THREADS, table.data_ptr(), num_tensors, num_chunks, CHUNK, *scalars)
+                multi_blocks(num_chunks, grid), THREADS, table.data_ptr(), num_tensors, num_chunks, CHUNK, *args)
         else:
             kern = getattr(lib, f"launch_velvet_single_{_DT[dtype]}")
             for p, g, m, v in quads:  # bf16: data_ptr() is the raw 16-bit storage the kernel expects
                 n = p.numel()
                 kern(single_blocks(n, grid), THREADS, p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), n,
-                     *scalars)
+                     *args)
 
 
 # -- state and comparison ----------------------------------------------------------------------------
@@ -180,11 +180,12 @@ def run_host_vs_reference(lib, shapes, dtype, *, sparse, multi_tensor, grid, num
     frozen = [p.float().abs() < 1e-9 if sparse else torch.zeros(p.shape, dtype=torch.bool) for p in a_p]
     p0 = [p.clone() for p in a_p]
     gen = torch.Generator().manual_seed(100)
-    for t, kw in step_schedule(num_steps, varying=True):
+    for t, scalars in step_schedule(num_steps, sparse=sparse, varying=True):
         grads = [torch.randn(shape, generator=gen).to(dtype) for shape in shapes]
-        host_velvet_(lib, a_p, grads, a_m, a_v, multi_tensor=multi_tensor, grid=grid, sparse=sparse, **kw)
-        spec_kw = kw if verbatim_spec else dict(kw, beta1_e=as_f32(kw["beta1_e"]), beta2=as_f32(kw["beta2"]))
-        _single_tensor_velvet(b_p, grads, b_m, b_v, sparse=sparse, **spec_kw)
+        host_velvet_(lib, a_p, grads, a_m, a_v, scalars, multi_tensor=multi_tensor, grid=grid)
+        spec = scalars if verbatim_spec else replace(scalars, beta1_e=as_f32(scalars.beta1_e),
+                                                     beta2=as_f32(scalars.beta2))
+        _single_tensor_velvet(b_p, grads, b_m, b_v, spec)
         if dtype != torch.float32:
             for i, (x, y) in enumerate(zip(a_p, b_p)):
                 assert_bf16_within_one_ulp(x, y, f"param[{i}] step {t}")

@@ -9,7 +9,7 @@ import torch
 from _velvet_helpers import assert_states_close, run_parity
 
 from vesper_core.errors import BackendUnavailableError
-from vesper_optim.kernels import velvet_cupy
+from vesper_optim.kernels import VelvetScalars, velvet_cupy
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
@@ -30,9 +30,9 @@ def test_cupy_backend_explains_itself_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(BackendUnavailableError, match="vesper\\[cuda\\]|GPU"):
-        velvet_cupy.velvet_cupy_([torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], lr_e=1e-3,
-                                 beta1_e=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, bias_correction1=0.1,
-                                 bias_correction2=1e-3, sparse=False)
+        velvet_cupy.velvet_cupy_([torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], VelvetScalars(
+            lr_e=1e-3, beta1_e=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, bias_correction1=0.1,
+            bias_correction2=1e-3, sparse=False))
 
 
 @pytest.mark.gpu

@@ -7,6 +7,7 @@ import torch
 from _velvet_helpers import _velvet_reference_, assert_states_close, run_parity, step_schedule
 
 from vesper_core.errors import ConfigError
+from vesper_optim.kernels import VelvetScalars
 from vesper_optim.kernels.velvet_fused_cpu import clip_grad_scale_, velvet_fused_cpu_
 
 pytestmark = pytest.mark.skipif(not hasattr(torch, "_fused_adamw_"), reason="torch without _fused_adamw_")
@@ -33,8 +34,9 @@ def test_velvet_fused_cpu_matches_adamw_when_adaptive_off():
         for q, g in zip(qs, gs):
             q.grad = g.clone()
         opt.step()
-        velvet_fused_cpu_(ps, gs, ms, vs, lr_e=1e-2, beta1_e=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1,
-                          bias_correction1=1 - 0.9 ** t, bias_correction2=1 - 0.999 ** t, sparse=False)
+        velvet_fused_cpu_(ps, gs, ms, vs, VelvetScalars(
+            lr_e=1e-2, beta1_e=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1,
+            bias_correction1=1 - 0.9 ** t, bias_correction2=1 - 0.999 ** t, sparse=False))
     for p, q in zip(ps, qs):
         torch.testing.assert_close(p, q.detach(), atol=1e-6, rtol=1e-6)
 
@@ -46,14 +48,14 @@ def test_velvet_fused_cpu_grad_scale_is_a_global_clip():
     ref_p, ref_g = [p.clone() for p in ps], [g.clone() for g in gs]
     ms, vs = [torch.zeros(n) for n in SIZES], [torch.zeros(n) for n in SIZES]
     ref_m, ref_v = [torch.zeros(n) for n in SIZES], [torch.zeros(n) for n in SIZES]
-    _, kw = next(step_schedule(1))
+    _, s = next(step_schedule(1))
     norm, scale = clip_grad_scale_(gs, max_norm=1.0)
     ref_norm = torch.nn.utils.clip_grad_norm_([torch.nn.Parameter(g) for g in ref_g], 1.0)  # no grads: norm only
     torch.testing.assert_close(norm, torch.linalg.vector_norm(torch.cat(ref_g)))
     coef = min(1.0, 1.0 / (float(norm) + 1e-6))
     ref_g = [g * coef for g in ref_g]
-    velvet_fused_cpu_(ps, gs, ms, vs, **kw, sparse=False, grad_scale=scale)
-    _velvet_reference_(ref_p, ref_g, ref_m, ref_v, **kw, sparse=False)
+    velvet_fused_cpu_(ps, gs, ms, vs, s, grad_scale=scale)
+    _velvet_reference_(ref_p, ref_g, ref_m, ref_v, s)
     assert_states_close((ps, ms, vs), (ref_p, ref_m, ref_v), torch.float32)
     for g, rg in zip(gs, ref_g):  # grads are left clipped, as after clip_grad_norm_
         torch.testing.assert_close(g, rg, atol=1e-6, rtol=1e-5)
@@ -62,6 +64,6 @@ def test_velvet_fused_cpu_grad_scale_is_a_global_clip():
 
 def test_velvet_fused_cpu_refuses_sparse():
     with pytest.raises(ConfigError, match="sparse"):
-        velvet_fused_cpu_([torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], lr_e=1e-3,
-                          beta1_e=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, bias_correction1=0.1,
-                          bias_correction2=1e-3, sparse=True)
+        velvet_fused_cpu_([torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], VelvetScalars(
+            lr_e=1e-3, beta1_e=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, bias_correction1=0.1,
+            bias_correction2=1e-3, sparse=True))

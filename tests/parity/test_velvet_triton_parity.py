@@ -15,6 +15,7 @@ triton = pytest.importorskip("triton")
 from _velvet_helpers import assert_states_close, run_parity  # noqa: E402
 
 from vesper_core.errors import ConfigError  # noqa: E402
+from vesper_optim.kernels import VelvetScalars  # noqa: E402
 from vesper_optim.kernels.velvet_triton import velvet_triton_  # noqa: E402
 
 pytestmark = pytest.mark.triton
@@ -44,11 +45,11 @@ def test_velvet_triton_mixed_dtypes_and_strided():
     ms = [torch.zeros(65, 33), torch.zeros(300)]
     vs = [torch.zeros(65, 33), torch.zeros(300)]
     ref = [[t.clone() for t in lst] for lst in (ps, gs, ms, vs)]
-    kw = dict(lr_e=1e-2, beta1_e=0.8, beta2=0.99, eps=1e-8, weight_decay=0.05, bias_correction1=0.2,
-              bias_correction2=0.01, sparse=False)
+    s = VelvetScalars(lr_e=1e-2, beta1_e=0.8, beta2=0.99, eps=1e-8, weight_decay=0.05, bias_correction1=0.2,
+                      bias_correction2=0.01, sparse=False)
     from _velvet_helpers import _velvet_reference_
-    velvet_triton_(ps, gs, ms, vs, **kw)
-    _velvet_reference_(*ref, **kw)
+    velvet_triton_(ps, gs, ms, vs, s)
+    _velvet_reference_(*ref, s)
     torch.testing.assert_close(base.t(), ref[0][0], atol=1e-6, rtol=1e-6)  # written through the view
     torch.testing.assert_close(ps[1].float(), ref[0][1].float(), atol=1e-2, rtol=2 ** -7)
     torch.testing.assert_close(ms[0], ref[2][0], atol=1e-6, rtol=1e-6)
@@ -57,5 +58,5 @@ def test_velvet_triton_mixed_dtypes_and_strided():
 def test_velvet_triton_rejects_bad_input():
     with pytest.raises(ConfigError, match="exp_avg"):
         velvet_triton_([torch.zeros(3)], [torch.zeros(3)], [torch.zeros(3).double()], [torch.zeros(3)],
-                       lr_e=1e-3, beta1_e=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, bias_correction1=0.1,
-                       bias_correction2=0.001, sparse=False)
+                       VelvetScalars(lr_e=1e-3, beta1_e=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                                     bias_correction1=0.1, bias_correction2=0.001, sparse=False))

@@ -10,13 +10,14 @@ from typing import Sequence
 import torch
 
 from vesper_core.errors import ConfigError
+from vesper_optim.kernels import VelvetScalars
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True, slots=True)
-class VelvetScalars:
-    """The per-call scalars a kernel needs, folded once on the host (in float64).
+class FoldedScalars:
+    """A kernel call's :class:`VelvetScalars`, folded once on the host (in float64).
 
     Kernels compute ``p*decay``, the two moments, then
     ``p - step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps)``; they never re-apply the entropy or
@@ -33,22 +34,21 @@ class VelvetScalars:
     one_minus_beta2: float  # off by up to 2^-24 / (1 - beta) relative (1.7e-4 at beta2 = 0.9999)
 
 
-def fold_scalars(*, lr_e: float, beta1_e: float, beta2: float, eps: float, weight_decay: float,
-                 bias_correction1: float, bias_correction2: float) -> VelvetScalars:
-    if not bias_correction1 > 0.0 or not bias_correction2 > 0.0:
+def fold_scalars(s: VelvetScalars) -> FoldedScalars:
+    if not s.bias_correction1 > 0.0 or not s.bias_correction2 > 0.0:
         raise ConfigError(
-            f"bias corrections must be > 0 (got bias_correction1={bias_correction1!r}, "
-            f"bias_correction2={bias_correction2!r}); the step counter must be >= 1 when a kernel runs"
+            f"bias corrections must be > 0 (got bias_correction1={s.bias_correction1!r}, "
+            f"bias_correction2={s.bias_correction2!r}); the step counter must be >= 1 when a kernel runs"
         )
-    return VelvetScalars(
-        decay=1.0 - float(lr_e) * float(weight_decay),
-        beta1=float(beta1_e),
-        beta2=float(beta2),
-        eps=float(eps),
-        step_size=float(lr_e) / float(bias_correction1),
-        inv_sqrt_bc2=1.0 / math.sqrt(float(bias_correction2)),
-        one_minus_beta1=1.0 - float(beta1_e),
-        one_minus_beta2=1.0 - float(beta2),
+    return FoldedScalars(
+        decay=1.0 - float(s.lr_e) * float(s.weight_decay),
+        beta1=float(s.beta1_e),
+        beta2=float(s.beta2),
+        eps=float(s.eps),
+        step_size=float(s.lr_e) / float(s.bias_correction1),
+        inv_sqrt_bc2=1.0 / math.sqrt(float(s.bias_correction2)),
+        one_minus_beta1=1.0 - float(s.beta1_e),
+        one_minus_beta2=1.0 - float(s.beta2),
     )
 
 

@@ -20,14 +20,9 @@ from typing import Sequence
 import torch
 
 from vesper_core.errors import BackendUnavailableError
-from vesper_optim.kernels._common import (
-    ContiguousView,
-    TableCache,
-    check_lists,
-    chunk_table,
-    fold_scalars,
-    group_by_device_dtype,
-)
+from vesper_optim.kernels import VelvetScalars
+from vesper_optim.kernels._common import (ContiguousView, TableCache, check_lists, chunk_table, fold_scalars,
+                                           group_by_device_dtype)
 
 INSTALL_HINT = "pip install 'vesper[cuda]'  (installs cupy-cuda12x)"
 KERNEL_SOURCE = Path(__file__).with_name("kernels.cu")
@@ -100,22 +95,9 @@ def _build_table(quads, device: torch.device) -> tuple[torch.Tensor, int, int]:
     return table, num_tensors, num_chunks
 
 
-def velvet_cupy_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
-    exp_avg_sqs: Sequence[torch.Tensor],
-    *,
-    lr_e: float,
-    beta1_e: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    bias_correction1: float,
-    bias_correction2: float,
-    sparse: bool,
-    multi_tensor: bool = True,
-) -> None:
+def velvet_cupy_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                 exp_avgs: Sequence[torch.Tensor], exp_avg_sqs: Sequence[torch.Tensor],
+                 scalars: VelvetScalars, *, multi_tensor: bool = True) -> None:
     """In-place Velvet update with the CUDA kernels of ``kernels.cu`` (CUDA tensors only)."""
     check_lists(params, grads, exp_avgs, exp_avg_sqs)
     if not params:
@@ -126,10 +108,9 @@ def velvet_cupy_(
     import numpy as np  # noqa: PLC0415
 
     cupy = _import_cupy()
-    s = fold_scalars(lr_e=lr_e, beta1_e=beta1_e, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                     bias_correction1=bias_correction1, bias_correction2=bias_correction2)
-    scalars = (np.float32(s.decay), np.float32(s.beta1), np.float32(s.beta2), np.float32(s.eps),
-               np.float32(s.step_size), np.float32(s.inv_sqrt_bc2), np.int32(1 if sparse else 0))
+    s = fold_scalars(scalars)
+    args = (np.float32(s.decay), np.float32(s.beta1), np.float32(s.beta2), np.float32(s.eps),
+            np.float32(s.step_size), np.float32(s.inv_sqrt_bc2), np.int32(1 if scalars.sparse else 0))
 
     for (device, dtype), quads in group_by_device_dtype(params, grads, exp_avgs, exp_avg_sqs).items():
         half_copies = None
@@ -148,7 +129,7 @@ def velvet_cupy_(
                 _kernel(device.index, multi_name)(
                     (_num_blocks(device, num_chunks),), (THREADS,),
                     (np.uint64(table.data_ptr()), np.int32(num_tensors), np.int64(num_chunks),
-                     np.int64(CHUNK_SIZE), *scalars),
+                     np.int64(CHUNK_SIZE), *args),
                 )
             else:
                 kern = _kernel(device.index, single_name)
@@ -157,7 +138,7 @@ def velvet_cupy_(
                     blocks = max(1, min((n + THREADS - 1) // THREADS, 65535 * 8))
                     kern((blocks,), (THREADS,),
                          (np.uint64(p.data_ptr()), np.uint64(g.data_ptr()), np.uint64(m.data_ptr()),
-                          np.uint64(v.data_ptr()), np.int64(n), *scalars))
+                          np.uint64(v.data_ptr()), np.int64(n), *args))
         view.write_back()
         if half_copies is not None:
             torch._foreach_copy_([q[0] for q in half_copies], [q[0] for q in quads])

@@ -26,7 +26,7 @@ p's dtype, exactly the reference semantics), at the cost of three extra copies.
 
 ``sparse=True`` is not supported (AdamW has no per-element skip): the backend declares it, so
 Velvet sends sparse-aware groups elsewhere (auto) or refuses the explicit choice at construction;
-called directly with ``sparse=True`` it raises ConfigError.
+called directly with ``scalars.sparse`` true it raises ConfigError.
 
 ``grad_scale`` (optional, a 1-element f32 tensor): the kernel divides the gradients by it *in
 place* before the math. ``clip_grad_scale_`` below returns such a tensor for a global-norm clip,
@@ -42,6 +42,7 @@ from typing import Sequence
 import torch
 
 from vesper_core.errors import BackendUnavailableError, ConfigError
+from vesper_optim.kernels import VelvetScalars
 from vesper_optim.kernels._common import check_lists
 
 #: The step the kernel is told: its bias corrections 1 - beta^STEP are exactly 1.0 (see fused_beta_ok).
@@ -71,44 +72,32 @@ def _step_tensor(device: torch.device) -> torch.Tensor:
     return t
 
 
-def fused_scalars(*, lr_e: float, beta1_e: float, beta2: float, eps: float, weight_decay: float,
-                  bias_correction1: float, bias_correction2: float) -> dict:
+def fused_scalars(s: VelvetScalars) -> dict:
     """Map Velvet's scalars to ``_fused_adamw_``'s (see module docstring)."""
+    lr_e, eps, weight_decay = s.lr_e, s.eps, s.weight_decay
+    bias_correction1, bias_correction2 = s.bias_correction1, s.bias_correction2
     if not bias_correction1 > 0.0 or not bias_correction2 > 0.0:
         raise ConfigError(f"bias corrections must be > 0 (got {bias_correction1!r}, {bias_correction2!r})")
-    for name, beta in (("beta1_e", beta1_e), ("beta2", beta2)):
+    for name, beta in (("beta1_e", s.beta1_e), ("beta2", s.beta2)):
         if not fused_beta_ok(beta):
             raise ConfigError(f"the 'fused' Velvet backend cannot represent {name}={beta!r} (needs 0 <= beta < "
                               f"0.99999996); use the 'foreach' backend")
     sqrt_bc2 = math.sqrt(bias_correction2)
     lr_f = lr_e * sqrt_bc2 / bias_correction1
     wd_f = (weight_decay * lr_e / lr_f) if lr_f != 0.0 else 0.0
-    return dict(lr=lr_f, beta1=float(beta1_e), beta2=float(beta2), weight_decay=wd_f, eps=eps * sqrt_bc2,
+    return dict(lr=lr_f, beta1=float(s.beta1_e), beta2=float(s.beta2), weight_decay=wd_f, eps=eps * sqrt_bc2,
                 amsgrad=False, maximize=False)
 
 
-def velvet_fused_cpu_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
-    exp_avg_sqs: Sequence[torch.Tensor],
-    *,
-    lr_e: float,
-    beta1_e: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    bias_correction1: float,
-    bias_correction2: float,
-    sparse: bool,
-    grad_scale: torch.Tensor | None = None,
-) -> None:
+def velvet_fused_cpu_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                      exp_avgs: Sequence[torch.Tensor], exp_avg_sqs: Sequence[torch.Tensor],
+                      scalars: VelvetScalars, *, grad_scale: torch.Tensor | None = None) -> None:
     """In-place Velvet update via ``torch._fused_adamw_`` (one call for all f32 params).
 
     ``grad_scale``: optional 1-element f32 tensor; grads are divided by it in place first.
-    Raises ConfigError for ``sparse=True`` (use the foreach/reference backend for sparse groups).
+    Raises ConfigError for ``scalars.sparse`` (use the foreach/reference backend for sparse groups).
     """
-    if sparse:
+    if scalars.sparse:
         raise ConfigError("the 'fused' Velvet backend has no sparse-aware update (structural zeros left "
                           "untouched); use the 'foreach' backend for sparse param groups")
     ok, reason = fused_cpu_available()
@@ -117,8 +106,7 @@ def velvet_fused_cpu_(
     check_lists(params, grads, exp_avgs, exp_avg_sqs)
     if not params:
         return
-    kw = fused_scalars(lr_e=lr_e, beta1_e=beta1_e, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                       bias_correction1=bias_correction1, bias_correction2=bias_correction2)
+    kw = fused_scalars(scalars)
 
     f32: dict[torch.device, list[list[torch.Tensor]]] = {}
     low: list[tuple[torch.Tensor, ...]] = []

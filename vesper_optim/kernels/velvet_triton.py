@@ -29,15 +29,9 @@ from typing import Sequence
 import torch
 
 from vesper_core.errors import BackendUnavailableError, ConfigError
-from vesper_optim.kernels import SPARSE_THRESHOLD
-from vesper_optim.kernels._common import (
-    ContiguousView,
-    TableCache,
-    check_lists,
-    chunk_table,
-    fold_scalars,
-    group_by_device_dtype,
-)
+from vesper_optim.kernels import SPARSE_THRESHOLD, VelvetScalars
+from vesper_optim.kernels._common import (ContiguousView, TableCache, check_lists, chunk_table, fold_scalars,
+                                           group_by_device_dtype)
 
 try:  # triton is optional: `pip install 'vesper[cuda]'`
     import triton
@@ -138,22 +132,9 @@ def _build_table(quads, device: torch.device, block: int) -> tuple[torch.Tensor,
     return table, len(quads), len(tidx)
 
 
-def velvet_triton_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
-    exp_avg_sqs: Sequence[torch.Tensor],
-    *,
-    lr_e: float,
-    beta1_e: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    bias_correction1: float,
-    bias_correction2: float,
-    sparse: bool,
-    block_size: int | None = None,
-) -> None:
+def velvet_triton_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                   exp_avgs: Sequence[torch.Tensor], exp_avg_sqs: Sequence[torch.Tensor],
+                   scalars: VelvetScalars, *, block_size: int | None = None) -> None:
     """In-place Velvet update of every tensor, one Triton launch per (device, dtype) group.
 
     ``block_size`` (elements per program) defaults to 2048 on GPU, 8192 under the interpreter.
@@ -165,8 +146,7 @@ def velvet_triton_(
     ok, reason = triton_available(params[0].device)
     if not ok:
         raise BackendUnavailableError(f"velvet backend 'triton' unavailable: {reason}")
-    s = fold_scalars(lr_e=lr_e, beta1_e=beta1_e, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                     bias_correction1=bias_correction1, bias_correction2=bias_correction2)
+    s = fold_scalars(scalars)
     block = int(block_size or (INTERPRETER_BLOCK if _interpreting() else GPU_BLOCK))
     if block & (block - 1):
         raise ConfigError(f"block_size must be a power of two (got {block})")
@@ -181,7 +161,7 @@ def velvet_triton_(
                 table, num_tensors, num_chunks,
                 s.decay, s.beta1, s.beta2, s.one_minus_beta1, s.one_minus_beta2, s.eps, s.step_size,
                 s.inv_sqrt_bc2,
-                P_DTYPE=_TL_DTYPES[dtype], SPARSE=bool(sparse), BLOCK=block,
+                P_DTYPE=_TL_DTYPES[dtype], SPARSE=bool(scalars.sparse), BLOCK=block,
                 num_warps=4 if block <= 2048 else 8,
             )
         view.write_back()

@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3, help="centre of the sweep grid")
+    ap.add_argument("--lr-grid", default="0.5,1,2", help="multipliers of --lr (e.g. 0.25,0.5,1,2,4 = a 16x grid)")
     ap.add_argument("--tokenizer", default="byte")
     ap.add_argument("--stem", default="velvet_study")
     args = ap.parse_args()
@@ -72,7 +73,8 @@ def main() -> None:
                     cfg = BenchConfig.from_flat(
                         dataset=path, tokenizer=args.tokenizer, model_size=size, seq_len=args.seq_len,
                         batch_size=args.batch_size, max_steps=args.steps, seeds=args.seeds, lr=args.lr,
-                        lr_sweep=True, optimizers=optimizers, velvet_rules=rules, val_tokens=32768, **extra)
+                        lr_sweep=True, lr_grid=tuple(float(x) for x in args.lr_grid.split(",")),
+                        optimizers=optimizers, velvet_rules=rules, val_tokens=32768, **extra)
                     start = time.perf_counter()
                     report = run_benchmark(cfg)
                     rows += cell_rows(report, cell, f"velvet[{rules}]")

@@ -52,7 +52,9 @@ def check_output_dir(output_dir: Path, *, continuing: bool, overwrite: bool) -> 
         return
     found = run_files(output_dir)
     if found:
-        shown = ", ".join(p.name for p in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        weights = [p for p in found if p.name.endswith(".safetensors") and ".state." not in p.name]
+        others = [p.name for p in found if not p.name.startswith("checkpoint-")]
+        shown = ", ".join(([f"{len(weights)} checkpoint(s)"] if weights else []) + others)
         raise ConfigError(
             f"--output-dir {output_dir} already holds a run ({shown}); continue it with --resume {output_dir}, "
             f"pass --overwrite to replace it, or choose another --output-dir")

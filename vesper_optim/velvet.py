@@ -442,12 +442,23 @@ class Velvet(Optimizer):
 
 
 def _cosine(grads: list[Tensor], updates: list[Tensor]) -> float:
-    """cos(g, u) over all tensors at once (f32 accumulation); 0 when either is zero. One host sync."""
-    dot = sum(torch.vdot(g.float().flatten(), u.flatten()) for g, u in zip(grads, updates))
-    gg = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([g.float() for g in grads])))
-    uu = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(updates)))
-    denom = float(gg * uu)
+    """cos(g, u) over all tensors at once (f32 accumulation); 0 when either is zero.
+
+    Elementwise products and full reductions only, so sharded (FSDP2 DTensor) parameters reduce across
+    ranks like plain tensors."""
+    dot = gg = uu = 0.0
+    for g, u in zip(grads, updates):
+        g = g.float()
+        dot = dot + _full((g * u).sum())
+        gg = gg + _full((g * g).sum())
+        uu = uu + _full((u * u).sum())
+    denom = math.sqrt(float(gg) * float(uu))
     return float(dot) / denom if denom > 0 and math.isfinite(denom) else 0.0
+
+
+def _full(value: Tensor) -> Tensor:
+    """A reduced DTensor as a plain tensor (every rank gets the global value); plain tensors unchanged."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
 def _rule_values(rules: VelvetRules) -> dict[str, Any]:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Mapping, Optional
+from typing import TYPE_CHECKING, List, Mapping, Optional
 
 import typer
 
 from vesper_cli.output import info
+
+if TYPE_CHECKING:
+    from vesper_cli.engine.generation import Generator, SamplingConfig
 
 Opt = typer.Option
 

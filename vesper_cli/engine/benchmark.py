@@ -48,7 +48,8 @@ from vesper_optim.registry import OPTIMIZERS
 from vesper_cli.engine.checkpointer import NullCheckpointer
 from vesper_cli.engine.observer import StepMetrics, TrainObserver
 from vesper_cli.engine.run_config import ModelSpec, RunConfig, TrainConfig
-from vesper_cli.engine.trainer import Trainer, TrainingRun, build_model, build_optimizer_for, epoch_budget, make_step
+from vesper_cli.engine.trainer import (Trainer, TrainingRun, build_model, build_optimizer_for, epoch_budget, make_step,
+                                       total_steps)
 
 DISPLAY_NAMES = {"velvet": "Velvet", "adamw": "AdamW"}
 DEFAULT_LR_GRID = (0.5, 1.0, 2.0)
@@ -338,8 +339,6 @@ def _train_one(cfg: BenchConfig, name: str, lr: float, seed: int, mcfg: ModelCon
 
 
 def _total_steps(rcfg: RunConfig, batches_per_epoch: int) -> int:
-    from vesper_cli.engine.trainer import total_steps
-
     return total_steps(rcfg.train.epochs, rcfg.train.max_steps, batches_per_epoch) or 0
 
 

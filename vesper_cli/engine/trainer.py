@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vesper_core.checkpoint import (LoadedCheckpoint, check_tokenizer, newest_checkpoint, read_checkpoint,
+from vesper_core.checkpoint import (check_tokenizer, newest_checkpoint, read_checkpoint,
                                     step_from_name)
 from vesper_core.config import ModelConfig
 from vesper_core.device import dtype_name, parse_dtype
@@ -174,15 +174,10 @@ def build_optimizer_for(cfg: RunConfig, model: VesperLM, head, vocab_size: int) 
     """The run's optimizer over the model's decay / no-decay (/ sparse) groups and the head's."""
     ocfg = cfg.optim
     groups = [] if cfg.train.metacog_only else build_param_groups(
-        model, ocfg.weight_decay, sparse_patterns=_sparse_patterns(ocfg))
+        model, ocfg.weight_decay, sparse_patterns=[p.strip() for p in ocfg.sparse_params.split(",") if p.strip()])
     if head is not None:
         groups += build_param_groups(head, ocfg.weight_decay, name_prefix=METACOG_PREFIX)
     return build_optimizer(groups, ocfg, vocab_size=vocab_size)
-
-
-def _sparse_patterns(ocfg) -> list[str]:
-    raw = getattr(ocfg, "sparse_params", "") or ""
-    return [p.strip() for p in raw.split(",") if p.strip()]
 
 
 def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun, LoadedResumeState | None]:

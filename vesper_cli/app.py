@@ -39,13 +39,14 @@ def root(
 
 
 def _register_commands() -> None:
-    from vesper_cli.commands import benchmark, generate, plot, plugins, train
+    from vesper_cli.commands import benchmark, generate, merge, plot, plugins, train
 
     app.command("train", help=train.__doc__)(train.train_command)
     app.command("benchmark", help=benchmark.__doc__)(benchmark.benchmark_command)
     app.command("generate", help=generate.__doc__)(generate.generate_command)
     app.command("plot", help=plot.__doc__)(plot.plot_command)
     app.command("plugins", help=plugins.__doc__)(plugins.plugins_command)
+    app.command("merge", help=merge.__doc__)(merge.merge_command)
 
     from vesper_cli.commands import cache, metacog, tokenizer
 

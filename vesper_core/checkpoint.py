@@ -6,11 +6,20 @@ LM head is stored once (as ``embeddings.weight``). A meta head trained with ``--
 the same file under ``metacog.*`` with its MetacogConfig in the metadata (``metacog_config``);
 ``read_checkpoint`` splits it out into ``LoadedCheckpoint.metacog_state`` (``vesper_metacog.load_head``
 builds the head from it).
+
+An adapter checkpoint (``--finetune lora|flylora``) holds only the adapters' tensors, their
+AdapterConfig (``adapter_config``), and the base checkpoint it was trained on: its path
+(``base_checkpoint``, absolute, plus ``base_checkpoint_relative`` to the adapter file's folder) and the
+base file's sha256 (``base_sha256``). ``read_checkpoint`` resolves it transparently: it finds and verifies
+the base, and ``LoadedCheckpoint.build_model()`` returns the base with the adapters attached, while
+``state_dict`` holds the merged (plain) weights, so every consumer works without knowing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +33,13 @@ from vesper_core.atomic import write_with_atomic
 from vesper_core import __version__
 from vesper_core.config import ModelConfig
 from vesper_core.errors import CheckpointError, ConfigError
+from vesper_core.layers.adapters import (AdapterConfig, adapter_config_of, adapter_state_dict, attach_adapters,
+                                         load_adapter_state_dict, merged_state_dict)
 from vesper_core.model import METACOG_PREFIX, VesperLM
 
 FORMAT_VERSION = "1"
 TOKENIZER_FILE = "tokenizer.json"
+ADAPTER_KIND = "adapter"  # metadata "checkpoint_kind" of an adapter-only file
 
 
 def save_weights(path: str | Path, model: VesperLM, *, state_dict: dict[str, torch.Tensor] | None = None,
@@ -48,6 +60,39 @@ def save_weights(path: str | Path, model: VesperLM, *, state_dict: dict[str, tor
     return path
 
 
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_adapter_weights(path: str | Path, model: VesperLM, *, base_path: str | Path, base_sha256: str,
+                         extra: dict[str, Any] | None = None) -> Path:
+    """Write only ``model``'s adapter tensors + their config + a pointer to (and hash of) the base, atomically."""
+    path = Path(path)
+    config = adapter_config_of(model)
+    if config is None:
+        raise CheckpointError("save_adapter_weights: the model carries no adapters (attach_adapters first)")
+    base = Path(base_path).resolve()
+    extra = {**(extra or {}), "checkpoint_kind": ADAPTER_KIND, "adapter_config": config.to_dict(),
+             "base_checkpoint": str(base), "base_sha256": base_sha256,
+             "base_checkpoint_relative": os.path.relpath(base, path.resolve().parent)}
+    return save_weights(path, model, state_dict=adapter_state_dict(model), extra=extra)
+
+
+@dataclass
+class AdapterWeights:
+    """The adapter part of an adapter checkpoint, and the verified base it applies to."""
+
+    config: AdapterConfig
+    state_dict: dict[str, torch.Tensor]
+    base_path: Path
+    base_sha256: str
+    base_state_dict: dict[str, torch.Tensor]
+
+
 @dataclass
 class LoadedCheckpoint:
     path: Path
@@ -55,12 +100,20 @@ class LoadedCheckpoint:
     state_dict: dict[str, torch.Tensor]
     metadata: dict[str, str]
     metacog_state: dict[str, torch.Tensor] = field(default_factory=dict)  # meta head, prefix stripped
+    adapter: AdapterWeights | None = None  # an adapter checkpoint: state_dict is then the merged weights
 
     @property
     def has_metacog(self) -> bool:
         return bool(self.metacog_state)
 
+    @property
+    def is_adapter(self) -> bool:
+        return self.adapter is not None
+
     def build_model(self, device: torch.device | str = "cpu") -> VesperLM:
+        """The model as trained: for an adapter checkpoint, its base with the adapters attached."""
+        if self.adapter is not None:
+            return build_adapted_model(self.config, self.adapter).to(device)
         model = VesperLM(self.config)
         model.load_exported_state_dict(self.state_dict)
         return model.to(device)
@@ -111,8 +164,54 @@ def read_checkpoint(path: str | Path, *, config_override: ModelConfig | None = N
             raise CheckpointError(f"{path}: model config in the metadata is invalid: {exc}") from exc
     if verify:
         check_finite(path, state)
+    if metadata.get("checkpoint_kind") == ADAPTER_KIND:
+        adapter = _read_adapter(path, state, metadata, config, verify)
+        merged = merged_state_dict(build_adapted_model(config, adapter))
+        return LoadedCheckpoint(path=path, config=config, state_dict=merged, metadata=metadata, adapter=adapter)
     metacog = {k[len(METACOG_PREFIX):]: state.pop(k) for k in [k for k in state if k.startswith(METACOG_PREFIX)]}
     return LoadedCheckpoint(path=path, config=config, state_dict=state, metadata=metadata, metacog_state=metacog)
+
+
+def build_adapted_model(config: ModelConfig, adapter: AdapterWeights) -> VesperLM:
+    """The base model with ``adapter`` attached and loaded (base frozen, adapters trainable)."""
+    model = VesperLM(config)
+    model.load_exported_state_dict(adapter.base_state_dict)
+    attach_adapters(model, adapter.config)
+    load_adapter_state_dict(model, adapter.state_dict)
+    return model
+
+
+def _read_adapter(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str], config: ModelConfig,
+                  verify: bool) -> AdapterWeights:
+    """Find, verify and read the base checkpoint of the adapter file ``path``."""
+    try:
+        adapter_config = AdapterConfig.from_dict(json.loads(metadata["adapter_config"]))
+        recorded, sha = metadata["base_checkpoint"], metadata["base_sha256"]
+    except (KeyError, json.JSONDecodeError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{path} is an adapter checkpoint with incomplete metadata ({exc}); "
+                              f"it cannot be loaded, use another checkpoint of the run") from exc
+    candidates = [Path(recorded)]
+    if metadata.get("base_checkpoint_relative"):
+        candidates.append(path.resolve().parent / metadata["base_checkpoint_relative"])
+    base = next((p for p in candidates if p.is_file()), None)
+    if base is None:
+        raise CheckpointError(f"adapter checkpoint {path} needs its base model {recorded} (sha256 {sha[:12]}...), "
+                              f"which is missing; put that checkpoint back at that path, or merge the adapters "
+                              f"where the base exists (vesper merge)")
+    actual = file_sha256(base)
+    if actual != sha:
+        raise CheckpointError(f"base model {base} has changed since adapter checkpoint {path.name} was trained on it "
+                              f"(sha256 {actual[:12]}... vs recorded {sha[:12]}...); restore the original base "
+                              f"checkpoint (adapters only fit the exact weights they were trained on)")
+    loaded = read_checkpoint(base, verify=verify)
+    if loaded.is_adapter:
+        raise CheckpointError(f"{path}: its base {base} is itself an adapter checkpoint; merge that one first "
+                              f"(vesper merge) and train on the merged model")
+    if loaded.config.to_dict() != config.to_dict():
+        raise CheckpointError(f"adapter checkpoint {path} records a model config different from its base {base}; "
+                              f"the files do not belong together")
+    return AdapterWeights(config=adapter_config, state_dict=state, base_path=base, base_sha256=actual,
+                          base_state_dict=loaded.state_dict)
 
 
 def check_finite(path: str | Path, state: dict[str, torch.Tensor]) -> None:

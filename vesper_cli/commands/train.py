@@ -80,6 +80,13 @@ def train_command(
     metacog: Optional[bool] = config_option(T, "metacog", flag=True),
     metacog_only: Optional[bool] = config_option(T, "metacog_only", flag=True),
     metacog_weight: Optional[float] = config_option(T, "metacog_weight"),
+    init_from: Optional[str] = config_option(T, "init_from"),
+    finetune: Optional[str] = config_option(T, "finetune"),
+    lora_rank: Optional[int] = config_option(T, "lora_rank"),
+    lora_alpha: Optional[float] = config_option(T, "lora_alpha"),
+    lora_targets: Optional[str] = config_option(T, "lora_targets"),
+    flylora_sparsity: Optional[float] = config_option(T, "flylora_sparsity"),
+    flylora_top_k: Optional[int] = config_option(T, "flylora_top_k"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML run file; flags given here override it."),
 ) -> None:
     flags = {k: v for k, v in locals().items() if k != "config"}  # every option, before any other local

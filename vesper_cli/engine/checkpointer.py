@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vesper_core.checkpoint import TOKENIZER_FILE, save_weights
+from vesper_core.checkpoint import TOKENIZER_FILE, save_adapter_weights, save_weights
 from vesper_core.device import dtype_name
 from vesper_core.distributed import DistInfo, full_model_state, full_optimizer_state, shard_optimizer_state
 from vesper_core.errors import CheckpointError, ConfigError
@@ -85,7 +85,9 @@ class Checkpointer:
 
     def save(self, run: "TrainingRun", name: str, *, full_state: bool = True) -> Path:
         path = self.output_dir / name
-        weights = full_model_state(run.model)  # with FSDP every rank takes part in gathering the full tensors
+        adapter_run = run.base_checkpoint is not None
+        # with FSDP every rank takes part in gathering the full tensors (adapter runs never shard)
+        weights = {} if adapter_run else full_model_state(run.model)
         extra = {}
         if run.head is not None:
             weights.update(head_state(run.head))
@@ -97,10 +99,13 @@ class Checkpointer:
             save_resume_state(path, ResumeState(step=run.step, loader=run.loader.state_dict(), counters=run.counters,
                                                 run_config=self.cfg.to_dict()), optimizer_state,
                               type(run.optimizer).__name__, run.scaler)
-        save_weights(path, run.model, state_dict=weights, extra={
-            "step": str(run.step), "model_size": self.cfg.model.model_size, "optimizer": self.cfg.optim.name,
-            "tokenizer_sha256": self.tokenizer.sha256(), "dtype": dtype_name(self.dtype), **extra,
-        })
+        extra = {"step": str(run.step), "model_size": self.cfg.model.model_size, "optimizer": self.cfg.optim.name,
+                 "tokenizer_sha256": self.tokenizer.sha256(), "dtype": dtype_name(self.dtype), **extra}
+        if adapter_run:  # only the adapters, and where their frozen base is
+            save_adapter_weights(path, run.model, base_path=run.base_checkpoint[0],
+                                 base_sha256=run.base_checkpoint[1], extra=extra)
+        else:
+            save_weights(path, run.model, state_dict=weights, extra=extra)
         if run.log is not None:
             run.log.write()
         return path

@@ -17,7 +17,7 @@ import yaml
 
 from vesper_core.config import ModelConfig
 from vesper_core.device import DEVICE_CHOICES, parse_dtype
-from vesper_core.errors import ConfigError
+from vesper_core.errors import ConfigError, NotImplementedFeatureError
 from vesper_core.kernels.cross_entropy import LOSS_IMPLS
 from vesper_core.presets import model_config
 from vesper_data.config import DataConfig
@@ -61,6 +61,9 @@ class ModelSpec:
         if self.gradient_checkpointing:
             extra["gradient_checkpointing"] = True
         return model_config(self.model_size, **{**extra, **self.overrides})
+
+
+FINETUNE_CHOICES = ("full", "lora", "flylora")
 
 
 @dataclass(kw_only=True)
@@ -117,6 +120,20 @@ class TrainConfig:
     """Train only the meta head on the frozen --resume model."""
     metacog_weight: float = 0.1
     """Weight of the metacog loss with --metacog."""
+    init_from: str | None = None
+    """Start from this checkpoint's weights (and its model config and tokenizer): a fine-tuning run, step 0."""
+    finetune: str = "full"
+    """full (every weight trains) | lora | flylora (adapters on the frozen --init-from model; checkpoints hold only them)."""
+    lora_rank: int = 8
+    """Adapter rank R with --finetune lora/flylora."""
+    lora_alpha: float = 16.0
+    """Adapter scale alpha (the update is alpha/R x B A)."""
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    """Comma-separated module name patterns to adapt (a name without a dot matches the last part: q_proj)."""
+    flylora_sparsity: float = 0.75
+    """FlyLoRA: share of exact zeros in each row of the frozen random A."""
+    flylora_top_k: int = 0
+    """FlyLoRA: keep only the top-k ranks per token (the paper's rank-wise routing; 0 = all, mergeable)."""
     def __post_init__(self) -> None:
         for name in ("epochs", "max_steps", "save_every"):
             if (getattr(self, name) or 0) < 0:
@@ -143,6 +160,29 @@ class TrainConfig:
             raise ConfigError("--metacog-only trains a meta head on a trained model: pass --resume CKPT (the model)")
         if self.metacog and self.metacog_only:
             raise ConfigError("give one of --metacog (joint training) or --metacog-only (frozen model), not both")
+        if self.finetune not in FINETUNE_CHOICES:
+            raise ConfigError(f"unknown --finetune {self.finetune!r}; choices: {', '.join(FINETUNE_CHOICES)}")
+        if self.finetune != "full":
+            self.adapter_config()  # validates rank, alpha, targets, sparsity, top-k
+            if not (self.init_from or self.resume):
+                raise ConfigError(f"--finetune {self.finetune} trains adapters on a pretrained model: pass "
+                                  f"--init-from CKPT (the base checkpoint)")
+            if self.metacog or self.metacog_only:
+                raise NotImplementedFeatureError(f"--finetune {self.finetune} with a meta head (--metacog/"
+                                                 f"--metacog-only) is not built; use --finetune full")
+            if self.fsdp:
+                raise NotImplementedFeatureError(f"--finetune {self.finetune} with --fsdp is not built; adapters "
+                                                 f"train with DDP (torchrun without --fsdp) or on one device")
+
+    def adapter_config(self):
+        """The AdapterConfig of a --finetune lora/flylora run (None for full fine-tuning)."""
+        if self.finetune == "full":
+            return None
+        from vesper_core.layers.adapters import AdapterConfig
+
+        return AdapterConfig(kind=self.finetune, rank=self.lora_rank, alpha=self.lora_alpha,
+                             targets=tuple(self.lora_targets.split(",")), sparsity=self.flylora_sparsity,
+                             top_k=self.flylora_top_k, seed=self.seed)
 
 
 @dataclass(kw_only=True)

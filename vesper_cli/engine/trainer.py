@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from vesper_core.checkpoint import (check_tokenizer, newest_checkpoint, read_checkpoint,
-                                    step_from_name)
+from vesper_core.checkpoint import (build_adapted_model, check_tokenizer, file_sha256, newest_checkpoint,
+                                    read_checkpoint, step_from_name)
 from vesper_core.config import ModelConfig
 from vesper_core.device import dtype_name, parse_dtype
 from vesper_core.distributed import DistInfo, barrier, init_distributed, shard_model, shutdown
 from vesper_core.errors import CheckpointError, ConfigError, VesperError
 from vesper_core.kernels.cross_entropy import perplexity
+from vesper_core.layers.adapters import AdapterReport, adapter_report, attach_adapters
 from vesper_core.model import METACOG_PREFIX, VesperLM
 from vesper_core.resume_state import LoadedResumeState, load_resume_state
 from vesper_data.loader import BatchLoader, TokenWindows
@@ -119,6 +120,8 @@ class TrainingRun:
     checkpointer: Checkpointer | NullCheckpointer
     log: TrainingLog | None
     val_windows: TokenWindows | None = None
+    adapters: AdapterReport | None = None  # --finetune lora/flylora: what trains
+    base_checkpoint: tuple[Path, str] | None = None  # the adapters' base file and its sha256
     tokenizer: VesperTokenizer | None = None
     num_train_tokens: int = 0
     notes: list[str] = field(default_factory=list)
@@ -175,6 +178,12 @@ def build_optimizer_for(cfg: RunConfig, model: VesperLM, head, vocab_size: int) 
     ocfg = cfg.optim
     groups = [] if cfg.train.metacog_only else build_param_groups(
         model, ocfg.weight_decay, sparse_patterns=[p.strip() for p in ocfg.sparse_params.split(",") if p.strip()])
+    if ocfg.sparse_aware and cfg.train.finetune != "full":
+        stuck = [n for g in groups if g.get("sparse") for n in g["param_names"] if n.endswith(".lora_B")]
+        if stuck:
+            raise ConfigError(f"--sparse-params puts {stuck[0]} in the sparse group, but adapter B matrices start at "
+                              f"exactly zero, so --sparse-aware would keep them at zero forever; leave lora_B out "
+                              f"of --sparse-params (e.g. '*.lora_A')")
     if head is not None:
         groups += build_param_groups(head, ocfg.weight_decay, name_prefix=METACOG_PREFIX)
     return build_optimizer(groups, ocfg, vocab_size=vocab_size)
@@ -194,6 +203,8 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
     resume_path = _resolve_resume(tcfg.resume) if tcfg.resume else None
     resume_ckpt = read_checkpoint(resume_path) if resume_path else None
     resume_state = load_resume_state(resume_path) if resume_path else None
+    init_ckpt = read_checkpoint(tcfg.init_from) if tcfg.init_from and resume_ckpt is None else None
+    weights_ckpt = resume_ckpt or init_ckpt  # where the first weights (and --tokenizer auto) come from
     continuing = (resume_path is not None and not (tcfg.metacog_only and not _metacog_only_state(resume_state))
                   and _same_folder(resume_path.parent, output_dir))
     if continuing and tcfg.overwrite:
@@ -204,15 +215,15 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
 
     # --tokenizer auto: the resumed checkpoint's own tokenizer, else (a new run) one trained on the data;
     # never a tokenizer left in --output-dir by an earlier run
-    saved = resume_ckpt.tokenizer_candidates() if resume_ckpt is not None else []
-    if resume_ckpt is not None and cfg.data.tokenizer == "auto":
-        recorded = resume_ckpt.meta("tokenizer_sha256")
+    saved = weights_ckpt.tokenizer_candidates() if weights_ckpt is not None else []
+    if weights_ckpt is not None and cfg.data.tokenizer == "auto":
+        recorded = weights_ckpt.meta("tokenizer_sha256")
         saved = [p for p in saved if p.is_file() and (not recorded or _file_sha(p) == str(recorded))] or saved
     tokenizer, notice = prepare_tokenizer(cfg.data, saved_candidates=saved)
     if notice:
         notes.append(notice)
-    if resume_ckpt is not None:
-        check_tokenizer(resume_ckpt, tokenizer.sha256(), tokenizer.name)
+    if weights_ckpt is not None:
+        check_tokenizer(weights_ckpt, tokenizer.sha256(), tokenizer.name)
 
     data = open_training_data(cfg.data, tokenizer, seed=tcfg.seed, rank=dist_info.rank,
                               world_size=dist_info.world_size, on_warning=observer.on_message)
@@ -225,6 +236,16 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
     model_config = cfg.model.build(vocab_size)
     if tcfg.metacog_only and resume_ckpt is not None:  # the frozen model is the checkpoint's, whatever the flags
         model_config, vocab_size = resume_ckpt.config, resume_ckpt.config.vocab_size
+    if tcfg.init_from and weights_ckpt is not None:  # fine-tuning: the pretrained model's architecture
+        recorded_size = str(weights_ckpt.meta("model_size", cfg.model.model_size))
+        if weights_ckpt.config.to_dict() != model_config.to_dict():
+            notes.append(f"fine-tuning {tcfg.init_from}: the model is the checkpoint's ({recorded_size}, "
+                         f"{weights_ckpt.config.vocab_size} tokens); --model-size/--vocab-size do not apply")
+        cfg.model.model_size = recorded_size  # the run's label and its checkpoints' metadata
+        model_config, vocab_size = weights_ckpt.config, weights_ckpt.config.vocab_size
+        if vocab_size < tokenizer.vocab_size:
+            raise ConfigError(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but --init-from "
+                              f"{tcfg.init_from} only {vocab_size}; use the tokenizer it was trained with")
     if resume_ckpt is not None and resume_ckpt.config.to_dict() != model_config.to_dict():
         raise CheckpointError(
             f"--resume {resume_ckpt.path}: checkpoint was trained with a different model "
@@ -235,8 +256,30 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
                           f"lower --seq-len")
 
     model = build_model(model_config, tcfg.seed)
-    if resume_ckpt is not None:
-        model.load_exported_state_dict(resume_ckpt.state_dict)
+    adapter_cfg = tcfg.adapter_config()
+    adapters = base_checkpoint = None
+    if resume_ckpt is not None and resume_ckpt.is_adapter:
+        if adapter_cfg != resume_ckpt.adapter.config:
+            raise CheckpointError(
+                f"--resume {resume_ckpt.path}: its adapters are {resume_ckpt.adapter.config.to_dict()}, this run "
+                f"asks for {adapter_cfg.to_dict() if adapter_cfg else '--finetune full'}; drop the changed "
+                f"--finetune/--lora-*/--flylora-*/--seed flags to continue the run as recorded")
+        model = build_adapted_model(model_config, resume_ckpt.adapter)
+        base_checkpoint = (resume_ckpt.adapter.base_path, resume_ckpt.adapter.base_sha256)
+    elif weights_ckpt is not None:
+        if adapter_cfg is not None and resume_ckpt is not None:
+            raise ConfigError(f"--resume {resume_ckpt.path} holds full weights, not adapters; to train adapters "
+                              f"on it start a new run with --init-from {resume_ckpt.path}")
+        if adapter_cfg is not None and weights_ckpt.is_adapter:
+            raise ConfigError(f"--init-from {weights_ckpt.path} is an adapter checkpoint; fold it into a plain "
+                              f"model first (vesper merge --model {weights_ckpt.path} --output merged.safetensors)")
+        model.load_exported_state_dict(weights_ckpt.state_dict)
+        if adapter_cfg is not None:
+            attach_adapters(model, adapter_cfg)
+            base_checkpoint = (weights_ckpt.path.resolve(), file_sha256(weights_ckpt.path))
+    if base_checkpoint is not None:
+        adapters = adapter_report(model)
+        notes.append(f"{adapters.summary()}; base {base_checkpoint[0].name} frozen")
     model.to(dist_info.device)
     head = None
     if tcfg.metacog or tcfg.metacog_only:
@@ -285,7 +328,7 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
     run = TrainingRun(cfg=cfg, dist=dist_info, dtype=dtype, model_config=model_config, model=model, step_fn=step_fn,
                       optimizer=optimizer, loader=data.loader, checkpointer=checkpointer, log=log,
                       val_windows=val_windows, tokenizer=tokenizer, num_train_tokens=data.num_tokens, notes=notes,
-                      step=start_step)
+                      step=start_step, adapters=adapters, base_checkpoint=base_checkpoint)
     return run, resume_state
 
 
@@ -408,14 +451,18 @@ class Trainer:
         flops_per_token = model_flops_per_token(run.model_config, cfg.data.seq_len)
         peak = peak_flops(run.dist.device, run.dtype)
         observer.on_start(RunInfo(
-            model_size=cfg.model.model_size, num_params=run.model.num_parameters(),
+            model_size=cfg.model.model_size,
+            num_params=run.adapters.num_total if run.adapters else run.model.num_parameters(),
             vocab_size=run.model_config.vocab_size, device=str(run.dist.device), dtype=dtype_name(run.dtype),
             optimizer=cfg.optim.name, tokenizer=run.tokenizer.name if run.tokenizer else "",
             num_train_tokens=run.num_train_tokens, batches_per_epoch=loader.num_batches, total_steps=total,
             start_step=run.step, notes=run.notes))
         self.tracker = ExperimentLogger.create(cfg, run.dist.is_main, observer.on_message)
         if run.log is not None:
-            run.log.event("start", step=run.step, total_steps=total, run_config=cfg.to_dict())
+            trainable = {} if run.adapters is None else {
+                "trainable_params": run.adapters.num_trainable, "total_params": run.adapters.num_total,
+                "trainable_share": run.adapters.share}
+            run.log.event("start", step=run.step, total_steps=total, run_config=cfg.to_dict(), **trainable)
 
         first_loss = last_loss = None
         window_losses: list[float] = []  # since the last periodic save: the training-loss "best" criterion

@@ -217,9 +217,18 @@ def attach_adapters(model: "VesperLM", config: AdapterConfig) -> AdapterReport:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, AdapterLinear(candidates[name], config, generator))
     model.adapter_config = config
+    return adapter_report(model)
+
+
+def adapter_report(model: nn.Module) -> AdapterReport:
+    """Which projections of ``model`` carry adapters and how many parameters train (tied weights once)."""
+    config = adapter_config_of(model)
+    if config is None:
+        raise ConfigError("the model carries no adapters")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    return AdapterReport(config=config, wrapped=chosen, num_trainable=trainable, num_total=total)
+    return AdapterReport(config=config, wrapped=list(wrapped_modules(model)), num_trainable=trainable,
+                         num_total=total)
 
 
 def adapter_config_of(model: nn.Module) -> AdapterConfig | None:

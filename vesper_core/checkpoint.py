@@ -193,7 +193,7 @@ def _read_adapter(path: Path, state: dict[str, torch.Tensor], metadata: dict[str
     candidates = [Path(recorded)]
     if metadata.get("base_checkpoint_relative"):
         candidates.append(path.resolve().parent / metadata["base_checkpoint_relative"])
-    base = next((p for p in candidates if p.is_file()), None)
+    base = next((p.resolve() for p in candidates if p.is_file()), None)
     if base is None:
         raise CheckpointError(f"adapter checkpoint {path} needs its base model {recorded} (sha256 {sha[:12]}...), "
                               f"which is missing; put that checkpoint back at that path, or merge the adapters "

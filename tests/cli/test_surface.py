@@ -19,6 +19,8 @@ TRAIN_FLAGS = {
     "--velvet-rules", "--entropy-signal", "--entropy-target", "--perplexity-target", "--lr-combine",
     "--entropy-adaptive", "--no-entropy-adaptive", "--perplexity-guided", "--no-perplexity-guided", "--sparse-aware",
     "--sparse-params", "--backend", "--hypergradient-rate", "--overwrite", "--tensorboard",
+    "--init-from", "--finetune", "--lora-rank", "--lora-alpha", "--lora-targets", "--flylora-sparsity",
+    "--flylora-top-k",
 }
 GENERATE_FLAGS = {
     "--model", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",
@@ -35,6 +37,7 @@ BENCHMARK_FLAGS = {
     "--sparse-params", "--backend", "--hypergradient-rate",
 }
 PLOT_FLAGS = {"--output"}
+MERGE_FLAGS = {"--model", "--output", "--overwrite"}
 
 
 def _flags(help_text: str) -> set[str]:
@@ -44,7 +47,7 @@ def _flags(help_text: str) -> set[str]:
 def test_help_lists_commands(cli):
     code, out, _ = cli("--help")
     assert code == 0
-    for command in ("train", "benchmark", "generate", "plot", "plugins"):
+    for command in ("train", "benchmark", "generate", "plot", "plugins", "merge"):
         assert re.search(rf"^\s*{command}\b", out, re.M), command
 
 
@@ -54,7 +57,8 @@ def test_version(cli):
 
 
 @pytest.mark.parametrize("command,expected", [("train", TRAIN_FLAGS), ("generate", GENERATE_FLAGS),
-                                              ("benchmark", BENCHMARK_FLAGS), ("plot", PLOT_FLAGS)])
+                                              ("benchmark", BENCHMARK_FLAGS), ("plot", PLOT_FLAGS),
+                                              ("merge", MERGE_FLAGS)])
 def test_command_flags_snapshot(cli, command, expected):
     code, out, _ = cli(command, "--help")
     assert code == 0

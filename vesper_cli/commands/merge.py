@@ -8,7 +8,7 @@ import typer
 
 
 def merge_command(
-    model: Path = typer.Option(..., "--model", help="Adapter checkpoint of a --finetune lora/flylora run."),
+    model: Path = typer.Option(..., "--model", help="Adapter checkpoint of a LoRA / FlyLoRA fine-tuning run."),
     output: Path = typer.Option(..., "--output", help="Merged checkpoint to write (.safetensors)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --output if it exists."),
 ) -> None:

@@ -17,6 +17,7 @@ the base, and ``LoadedCheckpoint.build_model()`` returns the base with the adapt
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ from vesper_core.errors import CheckpointError, ConfigError
 from vesper_core.layers.adapters import (AdapterConfig, adapter_config_of, adapter_state_dict, attach_adapters,
                                          load_adapter_state_dict, merged_state_dict)
 from vesper_core.model import METACOG_PREFIX, VesperLM
+from vesper_core.vocab import GROWTH_KEY, grow_vocabulary
 
 FORMAT_VERSION = "1"
 TOKENIZER_FILE = "tokenizer.json"
@@ -207,11 +209,16 @@ def _read_adapter(path: Path, state: dict[str, torch.Tensor], metadata: dict[str
     if loaded.is_adapter:
         raise CheckpointError(f"{path}: its base {base} is itself an adapter checkpoint; merge that one first "
                               f"(vesper merge) and train on the merged model")
-    if loaded.config.to_dict() != config.to_dict():
+    base_state = loaded.state_dict
+    if GROWTH_KEY in metadata and config.vocab_size > loaded.config.vocab_size:
+        # the run added tokens (a chat template's): their rows are the base's mean row, frozen like the base
+        base_state, _ = grow_vocabulary(base_state, config.vocab_size)
+        loaded.config = dataclasses.replace(loaded.config, vocab_size=config.vocab_size)
+    if {**loaded.config.to_dict(), "gradient_checkpointing": None} != {**config.to_dict(), "gradient_checkpointing": None}:
         raise CheckpointError(f"adapter checkpoint {path} records a model config different from its base {base}; "
                               f"the files do not belong together")
     return AdapterWeights(config=adapter_config, state_dict=state, base_path=base, base_sha256=actual,
-                          base_state_dict=loaded.state_dict)
+                          base_state_dict=base_state)
 
 
 def check_finite(path: str | Path, state: dict[str, torch.Tensor]) -> None:

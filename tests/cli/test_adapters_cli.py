@@ -34,8 +34,9 @@ def pretrained(tmp_path_factory):
 
 
 def finetune_config(base, data, out, **overrides):
-    return build_run_config({**SMALL, "dataset": str(data), "init_from": str(base), "output_dir": str(out),
-                             "finetune": "lora", "lora_rank": 4, "lr": 1e-2, **overrides})
+    flags = {**SMALL, "dataset": str(data), "init_from": str(base), "output_dir": str(out), "finetune": "lora",
+             "lora_rank": 4, "lr": 1e-2, **overrides}
+    return build_run_config({k: v for k, v in flags.items() if v is not None})
 
 
 @pytest.mark.parametrize("kind", ["lora", "flylora"])
@@ -77,7 +78,7 @@ def test_train_cli_reports_trainable_share_and_generate_loads_the_adapter(pretra
 def test_lora_run_resumes_exactly(pretrained, tmp_path):
     base, unseen = pretrained
     full = train(finetune_config(base, unseen, tmp_path / "full", max_steps=6, save_every=3))
-    resumed = train(finetune_config(base, unseen, tmp_path / "resumed", max_steps=6, save_every=3,
+    resumed = train(finetune_config(base, unseen, tmp_path / "resumed", max_steps=6, save_every=3, init_from=None,
                                     resume=str(tmp_path / "full" / "checkpoint-3.safetensors")))
     assert resumed.steps == 6
     a, b = load_file(str(full.final_checkpoint)), load_file(str(resumed.final_checkpoint))

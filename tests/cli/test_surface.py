@@ -20,7 +20,7 @@ TRAIN_FLAGS = {
     "--entropy-adaptive", "--no-entropy-adaptive", "--perplexity-guided", "--no-perplexity-guided", "--sparse-aware",
     "--sparse-params", "--backend", "--hypergradient-rate", "--overwrite", "--tensorboard",
     "--init-from", "--finetune", "--lora-rank", "--lora-alpha", "--lora-targets", "--flylora-sparsity",
-    "--flylora-top-k",
+    "--flylora-top-k", "--chat-template", "--train-on-prompt",
 }
 GENERATE_FLAGS = {
     "--model", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",

@@ -100,7 +100,8 @@ class Checkpointer:
                                                 run_config=self.cfg.to_dict()), optimizer_state,
                               type(run.optimizer).__name__, run.scaler)
         extra = {"step": str(run.step), "model_size": self.cfg.model.model_size, "optimizer": self.cfg.optim.name,
-                 "tokenizer_sha256": self.tokenizer.sha256(), "dtype": dtype_name(self.dtype), **extra}
+                 "tokenizer_sha256": self.tokenizer.sha256(), "dtype": dtype_name(self.dtype),
+                 **getattr(run, "extra_meta", {}), **extra}
         if adapter_run:  # only the adapters, and where their frozen base is
             save_adapter_weights(path, run.model, base_path=run.base_checkpoint[0],
                                  base_sha256=run.base_checkpoint[1], extra=extra)

@@ -88,6 +88,8 @@ class TrainConfig:
     """f32 | bf16 | f16 (autocast over f32 weights)."""
     resume: str | None = None
     """Checkpoint (or run folder) to continue from exactly, with the run's recorded settings."""
+    init_from: str | None = None
+    """Start a new run from a checkpoint's weights and tokenizer (or a run folder's newest): fresh optimizer, schedule and data order; the model's architecture is the checkpoint's."""
     overwrite: bool = False
     """Replace the run already in --output-dir (its checkpoints, logs and tokenizer are deleted)."""
     loss: str = "auto"
@@ -120,8 +122,6 @@ class TrainConfig:
     """Train only the meta head on the frozen --resume model."""
     metacog_weight: float = 0.1
     """Weight of the metacog loss with --metacog."""
-    init_from: str | None = None
-    """Start from this checkpoint's weights (and its model config and tokenizer): a fine-tuning run, step 0."""
     finetune: str = "full"
     """full (every weight trains) | lora | flylora (adapters on the frozen --init-from model; checkpoints hold only them)."""
     lora_rank: int = 8
@@ -286,6 +286,9 @@ def build_run_config(flags: dict[str, Any], config_file: str | Path | None = Non
         values["optim"]["name"] = str(values["optim"]["name"]).lower()
     notes: list[str] = []
     resume = values["train"].get("resume")
+    if resume and values["train"].get("init_from") and ("train", "init_from") in given:
+        raise ConfigError("give one of --init-from (a new run from a checkpoint's weights) or --resume (continue a run "
+                          "exactly), not both")
     if resume:
         values, notes = _inherit_recorded(values, given, str(resume))
     if float(values["optim"].get("lr", 1.0)) <= 0:

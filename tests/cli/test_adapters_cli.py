@@ -136,3 +136,30 @@ def test_adapter_mistakes_are_one_line_errors(pretrained, tmp_path, cli):
     finally:
         shutil.move(str(base) + ".away", str(base))
     assert code == 1 and "needs its base model" in err and len(err.strip().splitlines()) == 2  # + the debug hint
+
+
+@pytest.mark.parametrize("kind", ["lora", "flylora"])
+def test_adapters_on_unseen_chat_data_with_a_grown_vocabulary(pretrained, tmp_path, cli, kind):
+    """Chat data adds the template's special tokens: the grown rows stay frozen, the adapter file records the
+    growth, and it loads, generates and merges without the run folder's help."""
+    from tests.data.chat_data import write_chat
+
+    base, _ = pretrained
+    chat = write_chat(tmp_path / "chat.jsonl", 24, seed=5)
+    result = train(finetune_config(base, chat, tmp_path / "run", finetune=kind, seq_len=96, max_steps=3))
+    ckpt = read_checkpoint(result.final_checkpoint)
+    plain = read_checkpoint(base)
+    assert ckpt.config.vocab_size > plain.config.vocab_size  # <|im_start|>, <|im_end|> added
+    grown = ckpt.adapter.base_state_dict["embeddings.weight"]
+    assert torch.equal(grown[:plain.config.vocab_size], plain.state_dict["embeddings.weight"])
+    assert set(load_file(str(result.final_checkpoint))) == set(ckpt.adapter.state_dict)  # no embedding rows saved
+    out = tmp_path / "merged.safetensors"
+    code, _, err = cli("merge", "--model", result.final_checkpoint, "--output", out)
+    assert code == 0, err
+    ids = torch.randint(0, ckpt.config.vocab_size, (1, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (read_checkpoint(out).build_model().eval()(ids).logits - ckpt.build_model().eval()(ids).logits)
+    assert diff.abs().max() <= 1e-5
+    code, outp, err = cli("generate", "--model", result.final_checkpoint, "--prompt", "What is 2 plus 3?",
+                          "--max-tokens", 4, "--temperature", 0)
+    assert code == 0, err

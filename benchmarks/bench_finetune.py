@@ -13,7 +13,7 @@
    ~0.3-0.5 GiB of Python + torch), median step time (steps after the first 3), held-out loss before and
    after.
 
-Writes benchmarks/results/bench_finetune_<device>.json.
+Writes benchmarks/results/bench_finetune_<preset>_<device>.json.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def main() -> None:
         r["trainable_vs_full"] = r["trainable_params"] / full["trainable_params"]
         r["step_time_vs_full"] = r["step_time_ms_median"] / full["step_time_ms_median"]
     if not args.no_save:
-        path = write_results("finetune", rows, stem=f"bench_finetune_{args.device.split(':')[0]}",
+        path = write_results("finetune", rows, stem=f"bench_finetune_{args.preset}_{args.device.split(':')[0]}",
                              computed=["trainable_share", "trainable_vs_full", "step_time_vs_full", "state_mib"],
                              notes=[f"{args.preset} pretrained {args.pretrain_steps} steps on the demo corpus (byte "
                                     f"tokens), then {args.steps} Velvet steps per arm on a held-out-split plain-text "

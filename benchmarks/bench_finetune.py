@@ -47,6 +47,15 @@ def task_text(path: Path, lines: int = 3000, seed: int = 0) -> Path:
     return path
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over from the forking
+    parent across exec, so every arm would report the pretraining parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
+
+
 def run_arm(args) -> dict:
     """One fine-tuning arm in this process; prints its row as JSON."""
     from vesper_cli.engine import TrainObserver, build_run_config, build_training
@@ -88,7 +97,7 @@ def run_arm(args) -> dict:
         "trainable_params": sum(p.numel() for p in trainable), "total_params": num_total,
         "trainable_share": sum(p.numel() for p in trainable) / num_total,
         "state_mib": (weights + grads + opt_state) / 2**20, "optimizer_state_mib": opt_state / 2**20,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "step_time_ms_median": 1000 * statistics.median(times[3:] or times), "steps": result.steps,
         "val_loss_before": before, "val_loss_after": result.final_eval["val_loss"],
         "checkpoint_kib": result.final_checkpoint.stat().st_size / 1024,

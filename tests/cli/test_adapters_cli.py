@@ -156,6 +156,11 @@ def test_adapters_on_unseen_chat_data_with_a_grown_vocabulary(pretrained, tmp_pa
     out = tmp_path / "merged.safetensors"
     code, _, err = cli("merge", "--model", result.final_checkpoint, "--output", out)
     assert code == 0, err
+    from vesper_data.chat import CHECKPOINT_KEY
+
+    merged_meta = read_checkpoint(out).metadata
+    assert merged_meta[CHECKPOINT_KEY] == ckpt.metadata[CHECKPOINT_KEY]  # the chat template travels
+    assert "base_sha256" not in merged_meta and merged_meta["merged_base_sha256"] == ckpt.adapter.base_sha256
     ids = torch.randint(0, ckpt.config.vocab_size, (1, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         diff = (read_checkpoint(out).build_model().eval()(ids).logits - ckpt.build_model().eval()(ids).logits)

@@ -1,7 +1,7 @@
 """``vesper merge``: fold a LoRA / FlyLoRA adapter checkpoint into a plain checkpoint.
 
 The result has the normal checkpoint format (the base's architecture, the merged f32 weights, the
-adapter run's step / tokenizer hash), so every consumer loads it without the base file. Before
+adapter run's metadata: step, tokenizer hash, chat template, ...), so every consumer loads it without the base file. Before
 writing, the merged model is compared with the adapted one on a probe batch: the largest absolute
 logit difference is part of the result (it is ~1e-6; above ``MAX_LOGIT_DIFF`` nothing is written).
 The tokenizer travels with it: ``tokenizer.json`` in the output folder when that is free (or the same
@@ -21,7 +21,10 @@ from vesper_core.layers.adapters import merge_adapters
 from vesper_cli.engine.paths import check_writable
 
 MAX_LOGIT_DIFF = 1e-5
-_CARRIED = ("step", "model_size", "optimizer", "tokenizer_sha256", "dtype")
+# metadata that describes the adapter file itself (save_weights writes the format keys anew); the rest
+# (step, model size, tokenizer hash, chat template, vocabulary growth, ...) is carried over
+_NOT_CARRIED = {"format", "vesper_format_version", "vesper_version", "model_config", "checkpoint_kind",
+                "adapter_config", "base_checkpoint", "base_checkpoint_relative", "base_sha256"}
 
 
 @dataclass
@@ -92,7 +95,7 @@ def merge_checkpoint(model: str | Path, output: str | Path, *, overwrite: bool =
             if tok_path.exists() and not overwrite and _tokenizer_sha(tok_path) != tokenizer.sha256():
                 raise ConfigError(f"{tok_path} (where the merged model's tokenizer would go) holds another "
                                   f"tokenizer; pass --overwrite to replace it, or choose another --output")
-    extra = {k: ckpt.metadata[k] for k in _CARRIED if k in ckpt.metadata}
+    extra = {k: v for k, v in ckpt.metadata.items() if k not in _NOT_CARRIED}
     extra.update(merged_from=str(ckpt.path.resolve()), merged_base_sha256=ckpt.adapter.base_sha256,
                  merged_adapter_config=ckpt.adapter.config.to_dict())
     output.parent.mkdir(parents=True, exist_ok=True)

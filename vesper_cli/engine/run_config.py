@@ -181,7 +181,9 @@ class TrainConfig:
         from vesper_core.layers.adapters import AdapterConfig
 
         return AdapterConfig(kind=self.finetune, rank=self.lora_rank, alpha=self.lora_alpha,
-                             targets=tuple(self.lora_targets.split(",")), sparsity=self.flylora_sparsity,
+                             targets=tuple(self.lora_targets.split(",") if isinstance(self.lora_targets, str)
+                                           else self.lora_targets),  # a YAML list or a flag's commas
+                             sparsity=self.flylora_sparsity,
                              top_k=self.flylora_top_k, seed=self.seed)
 
 

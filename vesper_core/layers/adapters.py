@@ -59,7 +59,8 @@ class AdapterConfig:
     seed: int = 0  # the random A's (FlyLoRA) / initial A's (LoRA) generator
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "targets", tuple(t.strip() for t in self.targets if t and t.strip()))
+        targets = self.targets.split(",") if isinstance(self.targets, str) else self.targets
+        object.__setattr__(self, "targets", tuple(t.strip() for t in targets if t and t.strip()))
         if self.kind not in ADAPTER_KINDS:
             raise ConfigError(f"unknown adapter kind {self.kind!r}; choices: {', '.join(ADAPTER_KINDS)}")
         if not isinstance(self.rank, int) or self.rank <= 0:

@@ -6,11 +6,12 @@ exits: results come back as values, progress through observers.
 """
 
 from vesper_cli.engine.control import StopControl
+from vesper_cli.engine.merge import MergeResult, merge_checkpoint
 from vesper_cli.engine.observer import RunInfo, StepMetrics, TrainObserver, TrainResult
 from vesper_cli.engine.run_config import ModelSpec, RunConfig, TrainConfig, build_run_config
 from vesper_cli.engine.step import StepOutcome, TrainStep
 from vesper_cli.engine.trainer import Trainer, TrainingDivergedError, TrainingRun, build_training, train
 
-__all__ = ["ModelSpec", "RunConfig", "RunInfo", "StepMetrics", "StepOutcome", "StopControl", "TrainConfig",
+__all__ = ["MergeResult", "ModelSpec", "RunConfig", "RunInfo", "StepMetrics", "StepOutcome", "StopControl", "TrainConfig",
            "TrainObserver", "TrainResult", "TrainStep", "Trainer", "TrainingDivergedError", "TrainingRun",
-           "build_run_config", "build_training", "train"]
+           "build_run_config", "build_training", "merge_checkpoint", "train"]

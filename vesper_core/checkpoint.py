@@ -195,16 +195,19 @@ def _read_adapter(path: Path, state: dict[str, torch.Tensor], metadata: dict[str
     candidates = [Path(recorded)]
     if metadata.get("base_checkpoint_relative"):
         candidates.append(path.resolve().parent / metadata["base_checkpoint_relative"])
-    base = next((p.resolve() for p in candidates if p.is_file()), None)
-    if base is None:
+    existing = list(dict.fromkeys(p.resolve() for p in candidates if p.is_file()))
+    if not existing:
         raise CheckpointError(f"adapter checkpoint {path} needs its base model {recorded} (sha256 {sha[:12]}...), "
                               f"which is missing; put that checkpoint back at that path, or merge the adapters "
                               f"where the base exists (vesper merge)")
-    actual = file_sha256(base)
-    if actual != sha:
+    hashes = {p: file_sha256(p) for p in existing}
+    base = next((p for p in existing if hashes[p] == sha), None)
+    if base is None:
+        base, actual = existing[0], hashes[existing[0]]
         raise CheckpointError(f"base model {base} has changed since adapter checkpoint {path.name} was trained on it "
                               f"(sha256 {actual[:12]}... vs recorded {sha[:12]}...); restore the original base "
                               f"checkpoint (adapters only fit the exact weights they were trained on)")
+    actual = sha
     loaded = read_checkpoint(base, verify=verify)
     if loaded.is_adapter:
         raise CheckpointError(f"{path}: its base {base} is itself an adapter checkpoint; merge that one first "

@@ -255,7 +255,12 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
 
     chat_template = None
     extra_meta: dict[str, Any] = {}
-    if is_chat_data(cfg.data):
+    chat = is_chat_data(cfg.data)
+    if not chat and (cfg.data.train_on_prompt or cfg.data.chat_template != "auto"):
+        flag = "--train-on-prompt" if cfg.data.train_on_prompt else "--chat-template"
+        raise ConfigError(f"{flag} applies to conversation data; {cfg.data.cache or cfg.data.dataset} is not read as "
+                          f"conversations (pass --format chat, or a chat cache)")
+    if chat:
         recorded_templates = [recorded_chat_template(c) for c in (resume_ckpt, init_ckpt) if c is not None]
         chat_template, where = resolve_chat_template(cfg.data, *recorded_templates)
         added = add_chat_tokens(tokenizer, chat_template)

@@ -229,6 +229,17 @@ def _from_checkpoint(path: Path) -> ChatTemplate | None:
         raise ConfigError(f"the chat template recorded in {path} is not valid JSON") from None
 
 
+def _step_and_time(path: Path) -> tuple[int, float]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            step = int((f.metadata() or {}).get("step", 0))
+    except Exception:  # unreadable: ranked last, reported if chosen
+        step = -1
+    return step, path.stat().st_mtime
+
+
 def load_chat_template(source: str | Path | None = None) -> ChatTemplate:
     """The chat template of ``source``, else the documented default.
 
@@ -254,10 +265,8 @@ def _load(source: str | Path | None) -> ChatTemplate:
         if found is not None:
             return found
         checkpoints = [p for p in path.glob("checkpoint-*.safetensors") if ".state." not in p.name]
-        if checkpoints:
-            from vesper_core.checkpoint import newest_checkpoint
-
-            return _from_checkpoint(newest_checkpoint(path)) or default_template()
+        if checkpoints:  # a run folder: the newest checkpoint (highest step, final last when steps tie)
+            return _from_checkpoint(max(checkpoints, key=_step_and_time)) or default_template()
         return default_template()
     if path.suffix == ".safetensors":
         return _from_checkpoint(path) or default_template()

@@ -51,14 +51,21 @@ def _raise_exception(message: str):
     raise TemplateError(message)
 
 
+def _strftime_now(fmt: str) -> str:
+    from datetime import datetime
+
+    return datetime.now().strftime(fmt)
+
+
 def _compile(source: str, name: str):
     try:
         from jinja2 import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError:  # jinja2 comes with torch; a broken environment gets one line
-        raise ConfigError("chat templates need jinja2: pip install jinja2") from None
+        raise ConfigError("chat templates need jinja2: pip install 'vesper[chat]'") from None
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
     env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now  # used by some Hugging Face templates for today's date
     try:
         return env.from_string(source)
     except TemplateError as exc:

@@ -139,3 +139,6 @@ def test_refusals_are_one_line(cli, base_run, chat_file, tmp_path):
                        "--output-dir", tmp_path / "z")
     assert code == 1 and "every conversation is longer than" in err and "Traceback" not in err
     assert not (tmp_path / "z").exists()
+    code, _, err = cli("train", "--dataset", base_run.parent / "text.txt", "--tokenizer", "byte", "--train-on-prompt",
+                       "--output-dir", tmp_path / "t")
+    assert code == 1 and "--train-on-prompt applies to conversation data" in err

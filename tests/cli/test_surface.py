@@ -19,8 +19,8 @@ TRAIN_FLAGS = {
     "--velvet-rules", "--entropy-signal", "--entropy-target", "--perplexity-target", "--lr-combine",
     "--entropy-adaptive", "--no-entropy-adaptive", "--perplexity-guided", "--no-perplexity-guided", "--sparse-aware",
     "--sparse-params", "--backend", "--hypergradient-rate", "--overwrite", "--tensorboard",
-    "--init-from", "--finetune", "--lora-rank", "--lora-alpha", "--lora-targets", "--flylora-sparsity",
-    "--flylora-top-k", "--chat-template", "--train-on-prompt",
+    "--init-from", "--chat-template", "--train-on-prompt",
+    "--finetune", "--lora-rank", "--lora-alpha", "--lora-targets", "--flylora-sparsity", "--flylora-top-k",
 }
 GENERATE_FLAGS = {
     "--model", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",

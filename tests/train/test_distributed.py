@@ -91,3 +91,32 @@ def test_fsdp_without_torchrun_is_a_clear_error(tmp_path, cli):
     data = make_text(tmp_path / "t.txt")
     code, _, err = cli("train", "--dataset", data, *ARGS, "--max-steps", "1", "--fsdp", "--output-dir", tmp_path / "o")
     assert code != 0 and "torchrun" in err and "Traceback" not in err
+
+
+def test_lora_adapters_on_two_gloo_ranks_match_single_process(tmp_path):
+    """Adapters under DDP: the frozen base is skipped by the reducer, the adapter gradients are averaged."""
+    data = make_text(tmp_path / "t.txt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    base = subprocess.run([sys.executable, "-m", "vesper_cli", "train", "--dataset", str(data), *ARGS,
+                           "--batch-size", "8", "--max-steps", "2", "--output-dir", str(tmp_path / "base")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert base.returncode == 0, base.stderr
+    common = ["train", "--dataset", str(data), *ARGS, "--max-steps", "4", "--save-every", "0", "--lr", "1e-2",
+              "--init-from", str(tmp_path / "base"), "--finetune", "lora", "--lora-rank", "4"]
+    single = subprocess.run([sys.executable, "-m", "vesper_cli", *common, "--batch-size", "8",
+                             "--output-dir", str(tmp_path / "single")], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "vesper_cli", *common, "--batch-size", "4", "--output-dir", str(tmp_path / "ddp")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = json.loads((tmp_path / "single" / "training_log.json").read_text())["steps"]
+    two = json.loads((tmp_path / "ddp" / "training_log.json").read_text())["steps"]
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (a, b)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "ddp" / "checkpoint-final.safetensors"))
+    assert saved and all(k.endswith((".lora_A", ".lora_B")) for k in saved)

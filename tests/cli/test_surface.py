@@ -23,7 +23,7 @@ TRAIN_FLAGS = {
 GENERATE_FLAGS = {
     "--model", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",
     "--seed", "--tokenizer", "--model-size", "--device", "--stop", "--num-samples", "--prompts-file", "--interactive",
-    "--metacog", "--confidence-threshold", "--regulation-threshold",
+    "--metacog", "--confidence-threshold", "--regulation-threshold", "--dtype",
 }
 BENCHMARK_FLAGS = {
     "--dataset", "--format", "--tokenizer", "--model-size", "--epochs", "--max-steps", "--batch-size", "--lr",

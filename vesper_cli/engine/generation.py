@@ -248,6 +248,15 @@ def load_generator(model_path: str | Path, *, tokenizer: str | None = None, mode
             raise ConfigError("--model-size overrides the checkpoint's config and then needs --tokenizer too")
         override = model_config(model_size, vocab_size=tok.vocab_size)
     ckpt = read_checkpoint(model_path, config_override=override)
+    tok = checkpoint_tokenizer(ckpt, tok)
+    model = prepare_for_inference(ckpt.build_model(device), dtype)
+    return Generator(model=model, tokenizer=tok, device=torch.device(device), checkpoint=ckpt)
+
+
+def checkpoint_tokenizer(ckpt: LoadedCheckpoint, tokenizer: VesperTokenizer | str | None = None) -> VesperTokenizer:
+    """The tokenizer saved with ``ckpt`` (or ``tokenizer``, a spec or an instance), checked against the hash
+    it records and the model's vocabulary."""
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     if tok is None:
         found = [p for p in ckpt.tokenizer_candidates() if p.is_file()]
         if not found:
@@ -263,5 +272,4 @@ def load_generator(model_path: str | Path, *, tokenizer: str | None = None, mode
             f"tokenizer {tok.name} has {tok.vocab_size} tokens but the model only {ckpt.config.vocab_size}; "
             f"pass the tokenizer the model was trained with"
         )
-    model = prepare_for_inference(ckpt.build_model(device), dtype)
-    return Generator(model=model, tokenizer=tok, device=torch.device(device), checkpoint=ckpt)
+    return tok

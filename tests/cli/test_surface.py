@@ -44,7 +44,7 @@ def _flags(help_text: str) -> set[str]:
 def test_help_lists_commands(cli):
     code, out, _ = cli("--help")
     assert code == 0
-    for command in ("train", "benchmark", "generate", "plot", "plugins"):
+    for command in ("train", "benchmark", "generate", "plot", "plugins", "export"):
         assert re.search(rf"^\s*{command}\b", out, re.M), command
 
 

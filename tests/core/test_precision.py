@@ -70,3 +70,15 @@ def test_load_generator_dtype(tmp_path):
     assert isinstance("".join(gen.stream("the cat", greedy)), str)
     with pytest.raises(ConfigError, match="unknown --dtype"):
         load_generator(ckpt, dtype="int4")
+
+
+def test_int8_without_torchao_is_one_clear_line(monkeypatch):
+    import sys
+
+    from vesper_core.errors import BackendUnavailableError
+
+    monkeypatch.setitem(sys.modules, "torchao", None)  # import torchao -> ImportError
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    model = random_model(tiny_config(97))
+    with pytest.raises(BackendUnavailableError, match=r"--dtype int8 needs torchao .*pip install 'vesper\[quant\]'"):
+        prepare_for_inference(model, "int8")

@@ -119,3 +119,18 @@ def test_chat_template_recorded_in_the_checkpoint_is_exported(tmp_path):
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert hf_tok(text)["input_ids"] == tokenizer.encode(text)
     assert hf_tok.convert_tokens_to_ids("<|im_end|>") == tokenizer.tokenizer.token_to_id("<|im_end|>")
+
+
+def test_bos_adding_post_processor_is_dropped_so_ids_match(tmp_path):
+    from tokenizers import processors
+
+    tokenizer = bpe_tokenizer()
+    eos = tokenizer.eos_id
+    tokenizer.tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", eos)])  # a BOS, as hub tokenizers have
+    assert tokenizer.tokenizer.encode("a cat").ids[0] == eos  # it would add one by default...
+    ckpt = write_checkpoint(tmp_path / "run", tiny_config(tokenizer.vocab_size), tokenizer)
+    result = export_checkpoint(ckpt, fmt="hf", output=tmp_path / "hf", verify=False)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(result.output), trust_remote_code=True)
+    for text in SAMPLES:  # ...but Vesper never feeds one, and neither does the exported tokenizer
+        assert hf_tok(text)["input_ids"] == tokenizer.encode(text)

@@ -9,6 +9,7 @@ then move the folder into place. A failing export leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -125,11 +126,23 @@ def _write_hf(model: VesperLM, tok: VesperTokenizer, folder: Path, chat_template
               result: ExportResult) -> None:
     from vesper_core.export.hf import write_hf_folder
 
-    result.files = write_hf_folder(model, folder, tokenizer_json=tok.to_str(), eos_token=_eos_token(tok),
+    result.files = write_hf_folder(model, folder, tokenizer_json=_plain_tokenizer_json(tok), eos_token=_eos_token(tok),
                                    eos_token_id=tok.eos_id, chat_template=chat_template,
                                    special_tokens=_special_tokens(tok))
     if chat_template is None:
         result.notes.append("the checkpoint records no chat template: tokenizer_config.json has none")
+
+
+def _plain_tokenizer_json(tok: VesperTokenizer) -> str:
+    """tokenizer.json whose default encoding is Vesper's: a post-processor that adds special tokens (a BOS
+    template from a hub tokenizer) is dropped, since Vesper trains and generates without them and
+    transformers encodes with ``add_special_tokens=True`` by default."""
+    sample = "Vesper 123"
+    if tok.tokenizer.encode(sample, add_special_tokens=True).ids == tok.encode(sample):
+        return tok.to_str()
+    data = json.loads(tok.to_str())
+    data["post_processor"] = None
+    return json.dumps(data, ensure_ascii=False)
 
 
 def _write_onnx(model: VesperLM, tok: VesperTokenizer, folder: Path, opset: int, result: ExportResult) -> None:

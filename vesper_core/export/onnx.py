@@ -34,6 +34,7 @@ from vesper_core.model import VesperLM
 from vesper_core.export.onnx_runner import ONNX_FILE, ONNX_META_FILE
 INPUT_NAMES = ["input_ids", "past_keys", "past_values"]
 OUTPUT_NAMES = ["logits", "present_keys", "present_values"]
+EXTERNAL_DATA_BYTES = 1 << 30
 EXPORT_EXTRA = "pip install 'vesper[export]'"
 
 
@@ -144,11 +145,14 @@ def export_onnx(model: VesperLM, folder: str | Path, *, eos_token_id: int | None
             decoder, (ids, past_k, past_v), dynamo=dynamo, opset_version=opset, input_names=INPUT_NAMES,
             output_names=OUTPUT_NAMES, dynamic_shapes=({0: batch, 1: new}, cache_shape, cache_shape),
             external_data=False, optimize=True, verbose=False)
-    program.save(str(target))
+    # protobuf caps one file at 2 GB: larger models keep their weights in model.onnx.data beside the graph
+    large = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
+    program.save(str(target), external_data=large)
     c = model.config
     meta: dict[str, Any] = {"format": "vesper-onnx-kv", "version": 1, "num_layers": c.num_layers,
                             "num_heads": c.num_heads, "head_dim": c.head_dim, "vocab_size": c.vocab_size,
                             "max_position_embeddings": c.max_position_embeddings, "eos_token_id": eos_token_id,
                             "inputs": INPUT_NAMES, "outputs": OUTPUT_NAMES, "opset": opset}
     write_json_atomic(folder / ONNX_META_FILE, meta)
-    return [target, folder / ONNX_META_FILE]
+    data = [folder / f"{ONNX_FILE}.data"] if large and (folder / f"{ONNX_FILE}.data").is_file() else []
+    return [target, *data, folder / ONNX_META_FILE]

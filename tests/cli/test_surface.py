@@ -35,6 +35,8 @@ BENCHMARK_FLAGS = {
     "--sparse-params", "--backend", "--hypergradient-rate",
 }
 PLOT_FLAGS = {"--output"}
+EXPORT_FLAGS = {"--model", "--format", "--output", "--overwrite", "--tokenizer", "--verify", "--no-verify", "--tolerance",
+                "--opset"}
 
 
 def _flags(help_text: str) -> set[str]:
@@ -54,7 +56,8 @@ def test_version(cli):
 
 
 @pytest.mark.parametrize("command,expected", [("train", TRAIN_FLAGS), ("generate", GENERATE_FLAGS),
-                                              ("benchmark", BENCHMARK_FLAGS), ("plot", PLOT_FLAGS)])
+                                              ("benchmark", BENCHMARK_FLAGS), ("plot", PLOT_FLAGS),
+                                              ("export", EXPORT_FLAGS)])
 def test_command_flags_snapshot(cli, command, expected):
     code, out, _ = cli(command, "--help")
     assert code == 0

@@ -104,3 +104,29 @@ def test_adapted_model_is_merged_before_export(monkeypatch):
     monkeypatch.setitem(sys.modules, "vesper_core.layers.adapters", types.ModuleType("vesper_core.layers.adapters"))
     with pytest.raises(NotImplementedFeatureError, match="carries adapters"):
         merge_adapters_if_any(model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,tokenizer", [("nano", "byte"), ("nano", "auto")])
+def test_trained_run_exports_to_both_formats(cli, english_text, tmp_path, preset, tokenizer):
+    """The user's path: `vesper train`, then `vesper export` (checked) to HF and ONNX; greedy text agrees."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("onnxruntime")
+    run_dir = tmp_path / "run"
+    code, _, err = cli("train", "--dataset", english_text, "--model-size", preset, "--tokenizer", tokenizer,
+                       "--seq-len", "32", "--batch-size", "8", "--max-steps", "30",
+                       "--save-every", "0", "--lr", "5e-3", "--dtype", "f32", "--output-dir", run_dir)
+    assert code == 0, err
+    for fmt in ("hf", "onnx"):
+        code, _, err = cli("export", "--model", run_dir, "--format", fmt, "--output", tmp_path / fmt)
+        assert code == 0, err
+        assert "greedy tokens identical" in err
+    from tokenizers import Tokenizer
+
+    from vesper_core.export.onnx_runner import OnnxLM
+
+    code, vesper_text, _ = cli("generate", "--model", run_dir, "--prompt", "the cat", "--temperature", "0",
+                               "--max-tokens", "24", "--device", "cpu")
+    tok = Tokenizer.from_file(str(tmp_path / "onnx" / "tokenizer.json"))
+    new = OnnxLM(tmp_path / "onnx").generate_greedy(tok.encode("the cat", add_special_tokens=False).ids, 24)
+    assert vesper_text.rstrip("\n") == ("the cat" + tok.decode(new)).rstrip()

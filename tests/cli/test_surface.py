@@ -25,7 +25,7 @@ TRAIN_FLAGS = {
 GENERATE_FLAGS = {
     "--model", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",
     "--seed", "--tokenizer", "--model-size", "--device", "--stop", "--num-samples", "--prompts-file", "--interactive",
-    "--metacog", "--confidence-threshold", "--regulation-threshold",
+    "--metacog", "--confidence-threshold", "--regulation-threshold", "--dtype",
 }
 BENCHMARK_FLAGS = {
     "--dataset", "--format", "--tokenizer", "--model-size", "--epochs", "--max-steps", "--batch-size", "--lr",
@@ -38,6 +38,8 @@ BENCHMARK_FLAGS = {
 }
 PLOT_FLAGS = {"--output"}
 MERGE_FLAGS = {"--model", "--output", "--overwrite"}
+EXPORT_FLAGS = {"--model", "--format", "--output", "--overwrite", "--tokenizer", "--verify", "--no-verify", "--tolerance",
+                "--opset"}
 
 
 def _flags(help_text: str) -> set[str]:
@@ -47,7 +49,7 @@ def _flags(help_text: str) -> set[str]:
 def test_help_lists_commands(cli):
     code, out, _ = cli("--help")
     assert code == 0
-    for command in ("train", "benchmark", "generate", "plot", "plugins", "merge"):
+    for command in ("train", "benchmark", "generate", "plot", "plugins", "merge", "export"):
         assert re.search(rf"^\s*{command}\b", out, re.M), command
 
 
@@ -58,7 +60,7 @@ def test_version(cli):
 
 @pytest.mark.parametrize("command,expected", [("train", TRAIN_FLAGS), ("generate", GENERATE_FLAGS),
                                               ("benchmark", BENCHMARK_FLAGS), ("plot", PLOT_FLAGS),
-                                              ("merge", MERGE_FLAGS)])
+                                              ("merge", MERGE_FLAGS), ("export", EXPORT_FLAGS)])
 def test_command_flags_snapshot(cli, command, expected):
     code, out, _ = cli(command, "--help")
     assert code == 0

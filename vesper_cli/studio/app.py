@@ -1,6 +1,6 @@
 """The studio's FastAPI app: pages (Jinja2), a JSON API, plotly.js from the installed package, and its guards."""
 
-from __future__ import annotations
+# no `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at run time
 
 import itertools
 import json
@@ -100,9 +100,9 @@ def create_app(workspace: str | Path, *, token: str | None = None, max_jobs: int
     async def vesper_error(request: Request, exc: VesperError):
         return JSONResponse({"error": str(exc)}, status_code=getattr(exc, "status", 400))
 
-    def page(request: Request, name: str, **context):
-        return templates.TemplateResponse(request, f"{name}.html", {
-            "pages": PAGES, "active": name, "csrf": csrf, "workspace": str(workspace), **context})
+    def page(request: Request, template: str, **context):
+        return templates.TemplateResponse(request, f"{template}.html", {
+            "pages": PAGES, "active": template, "csrf": csrf, "workspace": str(workspace), **context})
 
     def run_folder(path: str) -> Path:
         folder = resolve_inside(workspace, path, "run")

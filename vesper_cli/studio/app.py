@@ -2,6 +2,7 @@
 
 # no `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at run time
 
+import contextlib
 import itertools
 import json
 import threading
@@ -63,7 +64,12 @@ def create_app(workspace: str | Path, *, token: str | None = None, max_jobs: int
     chat_ids = itertools.count(1)
     chat_lock = threading.Lock()
 
-    app = FastAPI(title="Vesper Studio", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        jobs.shutdown()  # running jobs get SIGTERM: each writes its emergency checkpoint
+
+    app = FastAPI(title="Vesper Studio", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.token, app.state.csrf, app.state.jobs, app.state.workspace = token, csrf, jobs, workspace
 
     @app.middleware("http")
@@ -395,9 +401,5 @@ def create_app(workspace: str | Path, *, token: str | None = None, max_jobs: int
                 raise StudioError(f"{opt['name']} may not start with '-'")
             args += [value] if opt["argument"] else [opt["flag"], value]
         return _start(name, (folder, args))
-
-    @app.on_event("shutdown")
-    def stop_jobs():
-        jobs.shutdown()
 
     return app

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 def chat_available() -> bool:
     try:
         return importlib.util.find_spec("vesper_cli.engine.chat") is not None
-    except ModuleNotFoundError:
+    except (ModuleNotFoundError, ValueError):  # ValueError: a stand-in module without a spec
         return False
 
 

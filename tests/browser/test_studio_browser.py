@@ -13,14 +13,14 @@ import pytest
 
 from tests.browser.conftest import wait_until
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a server, Chromium and real trainings
 SHOTS = os.environ.get("VESPER_STUDIO_SCREENSHOTS")
 
 
 def _shot(page, name: str) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
+        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=name == "data")
 
 
 @pytest.fixture(scope="module")

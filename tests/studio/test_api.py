@@ -53,6 +53,7 @@ def test_bad_form_is_refused_with_one_line_and_nothing_written(studio, workspace
     assert client.post("/api/train", content=b"not json", headers={"X-Vesper-CSRF": app.state.csrf}).status_code == 400
 
 
+@pytest.mark.slow  # two real training processes
 def test_train_stop_resume_through_the_api(studio, workspace):
     """A real nano training: events grow, Stop writes the emergency checkpoint (exit 143), Resume continues."""
     client, app = studio

@@ -38,9 +38,15 @@ def scale_command(
     for s in plan.suggestions:
         c = s.config
         console.print(f"{s.name:<14}{human_count(s.num_params):>10}{c.num_layers:>8}{c.hidden_size:>8}"
-                      f"{c.num_heads:>7}{s.tokens_per_param:>11.1f}{s.recommended_steps:>10,}{s.epochs:>8.2f}",
+                      f"{c.num_heads:>7}{s.tokens_per_param:>11.3g}{s.recommended_steps:>10,}{s.epochs:>8.2f}",
                       markup=False)
     best = plan.suggestions[0]
+    command = (f"vesper train --max-steps {best.recommended_steps} --batch-size {batch_size} --seq-len {seq_len}"
+               f"{' --grad-accum ' + str(grad_accum) if grad_accum > 1 else ''}")
     if best.source == "preset":
-        console.print(f"train: vesper train --model-size {best.name} --max-steps {best.recommended_steps} "
-                      f"--batch-size {batch_size} --seq-len {seq_len}", markup=False)
+        console.print(f"train: {command} --model-size {best.name}", markup=False)
+    else:
+        c = best.config
+        console.print(f"train: {command} --config run.yaml, run.yaml holding model: {{num_layers: {c.num_layers}, "
+                      f"hidden_size: {c.hidden_size}, num_heads: {c.num_heads}, "
+                      f"intermediate_size: {c.intermediate_size}}}", markup=False)

@@ -2,9 +2,11 @@
 
 Upstream's AutoScaler takes ``tokens / 20`` as the target parameter count and returns the first deep, narrow
 shape within ±10 % of it (or silently ``medium``), unvalidated, with an epoch rule that always asks for at
-least 3 epochs. We keep the 20 tokens per parameter rule and the upstream shape search, but every
-suggestion here is a validated ``ModelConfig`` (presets first, then searched shapes) at the real vocabulary,
-ranked by how close it is to the target, each with the optimizer steps that feed it 20 tokens per parameter.
+least 3 epochs. We keep the 20 tokens per parameter rule and upstream's shape rule (heads = hidden / 64,
+intermediate = 4 x hidden) on a wider grid (hidden 128..2048 in steps of 64, 2..32 layers, so that small
+budgets find a real match), and every suggestion is a validated ``ModelConfig`` at the real vocabulary
+(presets and searched shapes), ranked by how close it is to the target, each with the optimizer steps
+that feed it 20 tokens per parameter.
 """
 
 from __future__ import annotations
@@ -66,12 +68,12 @@ class ScalePlan:
                 "suggestions": [s.to_dict() for s in self.suggestions]}
 
 
-def upstream_shapes(vocab_size: int) -> list[tuple[str, ModelConfig]]:
-    """The upstream search space: hidden 256..2048 step 128 (outer), layers 6..32 (inner), heads = hidden/64."""
+def searched_shapes(vocab_size: int) -> list[tuple[str, ModelConfig]]:
+    """Hidden 128..2048 step 64, layers 2..32, heads = hidden / 64 (head_dim 64), intermediate 4 x hidden."""
     shapes = []
-    for hidden in range(256, 2049, 128):
-        heads = max(hidden // 64, 4)
-        for layers in range(6, 33):
+    for hidden in range(128, 2049, 64):
+        heads = hidden // 64
+        for layers in range(2, 33):
             config = ModelConfig(vocab_size=vocab_size, hidden_size=hidden, num_layers=layers, num_heads=heads,
                                  intermediate_size=4 * hidden)
             shapes.append((f"shape-{layers}x{hidden}", config))
@@ -109,11 +111,11 @@ def scale_for_tokens(tokens: int, *, vocab_size: int = 32000, batch_size: int = 
 
     presets = sorted(_dense_presets(vocab_size), key=distance)[:count]
     preset_configs = {c for _, c in _dense_presets(vocab_size)}
-    shapes = sorted((s for s in upstream_shapes(vocab_size) if s[1] not in preset_configs), key=distance)[:count]
+    shapes = sorted((s for s in searched_shapes(vocab_size) if s[1] not in preset_configs), key=distance)[:count]
     suggestions = sorted([_suggestion(n, "preset", c, tokens, per_step) for n, c in presets]
                          + [_suggestion(n, "shape", c, tokens, per_step) for n, c in shapes],
                          key=lambda s: abs(math.log(s.num_params / target)))
-    smallest = min(c.num_params() for _, c in _dense_presets(vocab_size) + upstream_shapes(vocab_size))
+    smallest = min(c.num_params() for _, c in _dense_presets(vocab_size) + searched_shapes(vocab_size))
     note = None
     if target < smallest:
         note = (f"{tokens:,} tokens call for about {target:,} parameters, fewer than the smallest candidate "

@@ -43,7 +43,7 @@ function initRun() {
   const charts = [
     ["chart-loss", "training loss", [["loss", "loss"]]],
     ["chart-ppl", "perplexity", [["ppl", "train ppl"], ["val_ppl", "val ppl"]], "log"],
-    ["chart-lr", "learning rate", [["lr", "lr"]]],
+    ["chart-lr", "learning rate", [["lr", "lr"]], "log"],
     ["chart-scales", "Velvet's scales", [["entropy_scale", "entropy scale"], ["ppl_scale", "perplexity scale"], ["beta1", "beta1"]]],
     ["chart-gnorm", "gradient norm", [["grad_norm", "grad norm"]]],
     ["chart-val", "validation loss", [["val_loss", "val loss"]]],
@@ -113,7 +113,7 @@ function initTrain() {
       const q = new URLSearchParams({dataset: data.dataset, tokenizer: data.tokenizer, batch_size: data.batch_size, seq_len: data.seq_len});
       const plan = await api(`/api/scale?${q}`);
       const rows = plan.suggestions.map(s => `<tr><td>${esc(s.name)}</td><td>${s.num_params.toLocaleString()}</td>
-        <td>${s.config.num_layers}×${s.config.hidden_size}</td><td>${s.tokens_per_param.toFixed(2)}</td>
+        <td>${s.config.num_layers}×${s.config.hidden_size}</td><td>${s.tokens_per_param.toPrecision(2)}</td>
         <td>${s.recommended_steps.toLocaleString()}</td><td>${s.epochs.toFixed(1)}</td></tr>`).join("");
       out.innerHTML = `<p>${plan.estimated ? "≈" : ""}${plan.dataset_tokens.toLocaleString()} tokens (vocab ${plan.vocab_size}) →
         about ${plan.optimal_params.toLocaleString()} parameters at 20 tokens per parameter.</p>
@@ -148,14 +148,15 @@ function initBenchmark() {
 
 function initReport() {
   const name = document.getElementById("report").dataset.name;
-  let timer = null;
+  let timer = null, drawn = false;
   async function poll() {
     try {
       const data = await api(`/api/benchmarks/${encodeURIComponent(name)}`);
       const state = data.job ? data.job.state : (data.report ? "finished" : "unknown");
       document.getElementById("report-state").textContent = `state: ${state}`;
       document.getElementById("report-log").textContent = data.log_tail;
-      if (data.report) { clearInterval(timer); drawReport(data.report); }
+      if (data.report && !drawn) { drawn = true; drawReport(data.report); }
+      if (data.report && !(data.job && data.job.running)) clearInterval(timer);
     } catch (err) { say(err.message); }
   }
   poll(); timer = setInterval(poll, 1000);

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from vesper_core.errors import DataError
-from vesper_data.sources import check_source, detect_format, read_documents, split_text
+from vesper_data.sources import check_source, detect_format, is_hf_spec, read_documents, split_text
 
 CONVERSATION_PAIRS = (("user", "assistant"), ("instruction", "response"), ("instruction", "output"),
                       ("prompt", "completion"), ("question", "answer"))
@@ -129,6 +129,9 @@ def _count(docs: Iterable[str], tokenizer, max_chars: int) -> tuple[int, int | N
 def inspect_dataset(path: str | Path, *, fmt: str = "auto", text_field: str | None = None, tokenizer=None,
                     num_samples: int = 3, max_chars: int = 20_000_000) -> DatasetReport:
     """Report on one local dataset file; ``tokenizer`` (a VesperTokenizer) adds the token count."""
+    if is_hf_spec(path):
+        raise DataError(f"{path} is a Hugging Face dataset, and inspect reads local files; download rows first "
+                        f"(vesper data download NAME --max-rows 1000) and inspect that file")
     path = Path(path)
     name = detect_format(path, fmt)
     check_source(path, name)

@@ -50,6 +50,8 @@ def test_inspect_errors_name_the_file(tmp_path):
     bad.write_text('{"a": 1}\n{oops\n', encoding="utf-8")
     with pytest.raises(DataError, match="bad.jsonl line 2"):
         inspect_dataset(bad)
+    with pytest.raises(DataError, match="download rows first"):
+        inspect_dataset("hf:some/dataset")
 
 
 def test_suggest_text_column():

@@ -149,3 +149,16 @@ def test_benchmark_report_is_served(studio, workspace):
     assert client.get("/api/benchmarks/old").json()["report"]["verdict"] == "velvet wins"
     assert "velvet wins" in client.get("/benchmark").text
     assert client.get("/api/benchmarks/.hidden").status_code == 400
+
+
+@pytest.mark.slow  # one `vesper cache build` process
+def test_cache_build_job_writes_into_caches(studio, workspace):
+    client, app = studio
+    job = client.post("/api/cache", json={"dataset": "corpus.txt", "tokenizer": "byte", "seq_len": 32},
+                      headers={"X-Vesper-CSRF": app.state.csrf}).json()
+    assert job["args"][:4] == ["cache", "build", "--dataset", "corpus.txt"] and job["folder"] == "caches"
+    done = _wait(lambda: (lambda j: not j["running"] and j)(client.get(f"/api/jobs/{job['id']}").json()))
+    assert done["returncode"] == 0, done["log_tail"]
+    bins = list((workspace / "caches").glob("*.bin"))
+    assert len(bins) == 1 and bins[0].stat().st_size > 0
+    assert (workspace / "caches" / "studio-cache.log").is_file()

@@ -82,3 +82,12 @@ def test_env_json(cli):
     backends = {b["name"]: b["reason"] for b in env["backends"]}
     assert backends["reference"] is None
     assert any(p["module"] == "fastapi" for p in env["packages"])
+
+
+def test_studio_refuses_bad_settings_before_serving(cli, tmp_path):
+    code, _, err = cli("studio", "--workspace", str(tmp_path / "missing"))
+    assert code == 1 and "is not a folder" in err
+    code, _, err = cli("studio", "--port", "70000")
+    assert code == 1 and "--port" in err
+    code, _, err = cli("studio", "--max-jobs", "0")
+    assert code == 1 and "--max-jobs" in err

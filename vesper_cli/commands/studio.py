@@ -37,8 +37,12 @@ def studio_command(
     except OSError as exc:
         raise ConfigError(f"--port {port} is not free on {host} ({exc.strerror}); pick another or 0") from None
     port = sock.getsockname()[1]
-    app = create_app(workspace, max_jobs=max_jobs, cookie_name=f"vesper_studio_{port}",
-                     allowed_hosts=(host, "localhost", f"{host}:{port}", f"localhost:{port}"))
+    try:
+        app = create_app(workspace, max_jobs=max_jobs, cookie_name=f"vesper_studio_{port}",
+                         allowed_hosts=(host, "localhost"))
+    except BaseException:
+        sock.close()
+        raise
     console.print(f"Vesper Studio: http://{host}:{port}/?token={app.state.token}", markup=False)
     info(f"workspace {app.state.workspace}; Ctrl-C stops the studio (running jobs get SIGTERM)")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

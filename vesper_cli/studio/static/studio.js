@@ -100,6 +100,23 @@ function initRun() {
   draw(); poll(); setInterval(poll, 1000);
 }
 
+// ---- the runs list: refreshed every two seconds -------------------------------------------------------------
+function initRuns() {
+  const body = document.querySelector("#runs-table tbody");
+  const num = (v, digits) => (v === null || v === undefined) ? "-" : Number(v).toFixed(digits);
+  async function poll() {
+    try {
+      const runs = await api("/api/runs");
+      body.innerHTML = runs.map(r => `<tr data-run="${esc(r.path)}"><td><a href="/runs/${esc(r.path)}">${esc(r.path)}</a></td>
+        <td>${esc(r.status)}</td><td>${r.step}${r.total_steps ? " / " + r.total_steps : ""}</td>
+        <td>${num(r.loss, 4)}</td><td>${num(r.val_loss, 4)}</td>
+        <td>${r.tokens_per_sec ? Math.round(r.tokens_per_sec).toLocaleString() : "-"}</td>
+        <td>${r.eta_s === null ? "-" : Math.round(r.eta_s) + " s"}</td><td>${r.checkpoints.length}</td></tr>`).join("");
+    } catch (err) { say(err.message); }
+  }
+  setInterval(poll, 2000);
+}
+
 // ---- train form ------------------------------------------------------------------------------------------------
 function initTrain() {
   const form = document.getElementById("train-form");
@@ -297,7 +314,7 @@ function initModels() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  const init = {run: initRun, train: initTrain, benchmark: initBenchmark, report: initReport, chat: initChat,
+  const init = {runs: initRuns, run: initRun, train: initTrain, benchmark: initBenchmark, report: initReport, chat: initChat,
                 data: initData, models: initModels}[document.body.dataset.page];
   if (init) init();
 });

@@ -97,13 +97,13 @@ def test_job_cap_and_stop(tmp_path):
         jobs.start("train", ["train"], tmp_path / "runs" / "two")
     assert refused.value.status == 429
     assert not (tmp_path / "runs" / "two").exists()
-    jobs.stop(job.id)
-    job.process.wait(10)
-    assert job.state == "stopped"
-    deadline = time.time() + 5
+    deadline = time.time() + 30
     while "args:" not in job.log_path.read_text() and time.time() < deadline:
         time.sleep(0.05)
     assert "args: -m vesper_cli train --dataset a; rm -rf /" in job.log_path.read_text()
+    jobs.stop(job.id)
+    job.process.wait(10)
+    assert job.state == "stopped"
     assert job.log_path.parent == (tmp_path / "runs" / "one").resolve()
     second = jobs.start("train", ["train"], tmp_path / "runs" / "two")  # room again
     jobs.shutdown(timeout=5)

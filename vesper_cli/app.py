@@ -58,6 +58,13 @@ def _register_commands() -> None:
     app.add_typer(tokenizer.tokenizer_app, name="tokenizer", help=tokenizer.__doc__)
     app.add_typer(metacog.metacog_app, name="metacog", help=metacog.__doc__)
 
+    from vesper_cli.commands import data, env, scale, studio
+
+    app.add_typer(data.data_app, name="data", help=data.__doc__)
+    app.command("scale", help=scale.__doc__)(scale.scale_command)
+    app.command("env", help=env.__doc__)(env.env_command)
+    app.command("studio", help=studio.__doc__)(studio.studio_command)
+
 
 _register_commands()
 

@@ -196,6 +196,16 @@ def test_windows_pad_each_conversation_and_skip_the_too_long(tmp_path, tok):
         ChatWindows(examples, 8)
 
 
+def test_val_fraction_holds_out_the_last_conversations(tmp_path, tok):
+    examples = load_chat_examples([str(write_chat(tmp_path / "c.jsonl", 10))], default_template(), tok)
+    train, val = examples.split(0.2)
+    assert len(train) == 8 and len(val) == 2
+    assert np.array_equal(val.tokens, examples.tokens[int(examples.offsets[8]):])
+    assert np.array_equal(val.example(1)[0], examples.example(9)[0]) and val.offsets[0] == 0
+    with pytest.raises(DataError, match="holds out 0 of 10"):
+        examples.split(0.05)
+
+
 def test_masked_loss_equals_a_hand_computation(tmp_path, tok):
     examples = load_chat_examples([str(write_chat(tmp_path / "c.jsonl", 6))], default_template(), tok)
     windows = ChatWindows(examples, 64, pad_id=tok.eos_id)

@@ -247,6 +247,11 @@ def test_chat_cache_round_trips_tokens_and_mask(tmp_path, tok):
     b = ChatWindows(memory, 96).get_batch([0, 3, 9])
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert len(TokenWindows(cache.tokens, 16)) > 0  # the token file is still an ordinary VSPR cache
+    from vesper_data.cache import cache_info
+
+    info = cache_info(built.bin_path)
+    assert info["chat_template"] == "chatml" and info["mask"] == "chat.mask"
+    assert sum(info["skipped_conversations"].values()) == 6
     (tmp_path / "cache" / "chat.mask").write_bytes(b"\x01" * 5)
     with pytest.raises(CacheFormatError, match="one mask byte each"):
         TokenCache.open(built.bin_path)

@@ -47,6 +47,10 @@ def _register_commands() -> None:
     app.command("plot", help=plot.__doc__)(plot.plot_command)
     app.command("plugins", help=plugins.__doc__)(plugins.plugins_command)
 
+    from vesper_cli.commands import serve
+
+    app.command("serve", help=serve.__doc__)(serve.serve_command)
+
     from vesper_cli.commands import cache, metacog, tokenizer
 
     app.add_typer(cache.cache_app, name="cache", help=cache.__doc__)

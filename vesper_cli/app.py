@@ -51,6 +51,10 @@ def _register_commands() -> None:
 
     app.command("serve", help=serve.__doc__)(serve.serve_command)
 
+    from vesper_cli.commands import export
+
+    app.command("export", help=export.__doc__)(export.export_command)
+
     from vesper_cli.commands import cache, metacog, tokenizer
 
     app.add_typer(cache.cache_app, name="cache", help=cache.__doc__)

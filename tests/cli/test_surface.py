@@ -23,7 +23,7 @@ TRAIN_FLAGS = {
 GENERATE_FLAGS = {
     "--model", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",
     "--seed", "--tokenizer", "--model-size", "--device", "--stop", "--num-samples", "--prompts-file", "--interactive",
-    "--metacog", "--confidence-threshold", "--regulation-threshold",
+    "--metacog", "--confidence-threshold", "--regulation-threshold", "--dtype",
 }
 BENCHMARK_FLAGS = {
     "--dataset", "--format", "--tokenizer", "--model-size", "--epochs", "--max-steps", "--batch-size", "--lr",
@@ -44,7 +44,7 @@ def _flags(help_text: str) -> set[str]:
 def test_help_lists_commands(cli):
     code, out, _ = cli("--help")
     assert code == 0
-    for command in ("train", "benchmark", "generate", "plot", "plugins"):
+    for command in ("train", "benchmark", "generate", "plot", "plugins", "export"):
         assert re.search(rf"^\s*{command}\b", out, re.M), command
 
 

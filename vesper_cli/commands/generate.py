@@ -106,6 +106,7 @@ def generate_command(
     tokenizer: Optional[str] = Opt(None, help="Override the tokenizer saved with the checkpoint."),
     model_size: Optional[str] = Opt(None, help="Override the config recorded in the checkpoint."),
     device: str = Opt("auto", help="auto | cpu | cuda"),
+    dtype: str = Opt("f32", help="Inference precision: f32 | bf16 | f16 | int8 (weight-only int8, needs torchao)."),
     metacog: bool = Opt(False, "--metacog", help="Regulate with the checkpoint's meta head: per-token confidence, "
                         "re-sample low-confidence spans, stop when satisficed (with --prompt)."),
     confidence_threshold: Optional[float] = Opt(None, help="With --metacog: mean span confidence that satisfices "
@@ -116,6 +117,7 @@ def generate_command(
     from vesper_cli.engine.generation import SamplingConfig, load_generator
     from vesper_core.device import resolve_device
     from vesper_core.errors import ConfigError
+    from vesper_core.precision import parse_inference_dtype
 
     modes = [name for name, on in (("--prompt", prompt is not None), ("--prompts-file", prompts_file is not None),
                                    ("--interactive", interactive)) if on]
@@ -126,10 +128,13 @@ def generate_command(
         raise ConfigError(f"--num-samples must be positive, got {num_samples}")
     if metacog and prompt is None:
         raise ConfigError("--metacog works with --prompt TEXT (not --prompts-file or --interactive)")
+    if metacog and parse_inference_dtype(dtype) != "f32":
+        raise ConfigError(f"--metacog runs the meta head on f32 hidden states; drop --dtype {dtype} (or use f32)")
     sampling = SamplingConfig(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()))
     prompts = _read_prompts(prompts_file) if prompts_file is not None else None
-    gen = load_generator(model, tokenizer=tokenizer, model_size=model_size, device=resolve_device(device))
+    gen = load_generator(model, tokenizer=tokenizer, model_size=model_size, device=resolve_device(device),
+                         dtype=dtype)
 
     if metacog:
 

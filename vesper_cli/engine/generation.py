@@ -23,6 +23,7 @@ from vesper_core.checkpoint import check_tokenizer, LoadedCheckpoint, read_check
 from vesper_core.errors import CheckpointError, ConfigError
 from vesper_core.generation import generate_tokens
 from vesper_core.model import VesperLM
+from vesper_core.precision import parse_inference_dtype, prepare_for_inference
 from vesper_core.presets import model_config
 from vesper_data.tokenizers import VesperTokenizer, load_tokenizer
 
@@ -234,8 +235,12 @@ class _Row:
 
 
 def load_generator(model_path: str | Path, *, tokenizer: str | None = None, model_size: str | None = None,
-                   device: torch.device | str = "cpu") -> Generator:
-    """Load a checkpoint for sampling; --tokenizer / --model-size only override what it records."""
+                   device: torch.device | str = "cpu", dtype: str = "f32") -> Generator:
+    """Load a checkpoint for sampling; --tokenizer / --model-size only override what it records.
+
+    ``dtype``: ``f32`` | ``bf16`` | ``f16`` | ``int8`` (weight-only, torchao), see vesper_core.precision.
+    """
+    dtype = parse_inference_dtype(dtype)  # refuse a bad name before reading anything
     override = None
     tok: VesperTokenizer | None = load_tokenizer(tokenizer) if tokenizer else None
     if model_size is not None:
@@ -243,6 +248,15 @@ def load_generator(model_path: str | Path, *, tokenizer: str | None = None, mode
             raise ConfigError("--model-size overrides the checkpoint's config and then needs --tokenizer too")
         override = model_config(model_size, vocab_size=tok.vocab_size)
     ckpt = read_checkpoint(model_path, config_override=override)
+    tok = checkpoint_tokenizer(ckpt, tok)
+    model = prepare_for_inference(ckpt.build_model(device), dtype)
+    return Generator(model=model, tokenizer=tok, device=torch.device(device), checkpoint=ckpt)
+
+
+def checkpoint_tokenizer(ckpt: LoadedCheckpoint, tokenizer: VesperTokenizer | str | None = None) -> VesperTokenizer:
+    """The tokenizer saved with ``ckpt`` (or ``tokenizer``, a spec or an instance), checked against the hash
+    it records and the model's vocabulary."""
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     if tok is None:
         found = [p for p in ckpt.tokenizer_candidates() if p.is_file()]
         if not found:
@@ -258,6 +272,4 @@ def load_generator(model_path: str | Path, *, tokenizer: str | None = None, mode
             f"tokenizer {tok.name} has {tok.vocab_size} tokens but the model only {ckpt.config.vocab_size}; "
             f"pass the tokenizer the model was trained with"
         )
-    model = ckpt.build_model(device)
-    model.eval()
-    return Generator(model=model, tokenizer=tok, device=torch.device(device), checkpoint=ckpt)
+    return tok

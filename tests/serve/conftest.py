@@ -21,14 +21,17 @@ WORDS = ["[UNK]", "the", "cat", "sees", "red", "house", "every", "morning", ".",
 
 
 def word_tokenizer():
-    """A word-level tokenizer (one token per word, no EOS): any sampled text is readable words."""
+    """A word-level tokenizer (one token per word, no EOS) with ChatML's two special tokens: any sampled text is
+    readable words, and chat prompts take the fine-tuned model's path."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     from vesper_data.tokenizers.base import VesperTokenizer
 
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    return VesperTokenizer(tokenizer, "words")
+    tok = VesperTokenizer(tokenizer, "words")
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    return tok
 
 
 @pytest.fixture(scope="session")
@@ -87,9 +90,11 @@ def running(app):
 def make_app(generator, **settings):
     from vesper_cli.serve.app import ServeSettings, create_app
 
-    chat_template = settings.pop("chat_template", None)
+    from vesper_cli.serve.loading import load_chat_prompts
+
+    chat = settings.pop("chat") if "chat" in settings else load_chat_prompts(generator, None)
     settings.setdefault("model_name", "tiny-run")
-    return create_app(generator, ServeSettings(**settings), chat_template=chat_template)
+    return create_app(generator, ServeSettings(**settings), chat=chat)
 
 
 @pytest.fixture(scope="module")

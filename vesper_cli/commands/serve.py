@@ -56,10 +56,10 @@ def serve_command(
                                  help="Require 'Authorization: Bearer KEY' on /v1 routes (env VESPER_API_KEY)."),
     max_batch_size: int = Opt(8, help="Completions decoded together in shared steps, at most."),
     max_queue: int = Opt(32, help="Requests that may wait for a slot; beyond that the answer is 429."),
-    dtype: Optional[str] = Opt(None, help="Weights dtype: f32 | bf16 | f16 | int8  [default: the checkpoint's]"),
+    dtype: str = Opt("f32", help="Inference precision: f32 | bf16 | f16 | int8 (weight-only int8, needs torchao)."),
     tokenizer: Optional[str] = Opt(None, help="Override the tokenizer saved with the checkpoint."),
-    chat_template: Optional[str] = Opt(None, help="Chat template for /v1/chat/completions (a name or file) "
-                                       "[default: the one recorded with the checkpoint]"),
+    chat_template: Optional[str] = Opt(None, help="Chat template for /v1/chat/completions: 'default', a tokenizer "
+                                       "folder, a .jinja file or a checkpoint  [default: the checkpoint's, else ChatML]"),
     device: str = Opt("auto", help="auto | cpu | cuda"),
     log_level: str = Opt("warning", help="uvicorn's log level: critical | error | warning | info | debug"),
 ) -> None:
@@ -87,16 +87,17 @@ def serve_command(
     _check_port_free(host, port)
 
     from vesper_cli.serve.app import ServeSettings, create_app
-    from vesper_cli.serve.loading import load_chat_template, load_serving_generator
+    from vesper_cli.serve.loading import load_chat_prompts, load_serving_generator
+    from vesper_core.precision import parse_inference_dtype
 
+    parse_inference_dtype(dtype)  # a bad name is refused before the checkpoint is read
     generator = load_serving_generator(model, tokenizer=tokenizer, dtype=dtype, device=device)
-    template, why_not = load_chat_template(generator, chat_template)
+    chat = load_chat_prompts(generator, chat_template)
     settings = ServeSettings(model_name=model_name or default_model_name(model), api_key=api_key,
-                             max_batch_size=max_batch_size, max_queue=max_queue,
-                             chat_unavailable=why_not or "")
-    app = create_app(generator, settings, chat_template=template)
+                             max_batch_size=max_batch_size, max_queue=max_queue)
+    app = create_app(generator, settings, chat=chat)
     shown = f"[{host}]" if ":" in host else host
-    info(f"serving '{settings.model_name}' on http://{shown}:{port}/v1 (context {generator.model.config.max_position_embeddings}, "
-         f"up to {max_batch_size} completions per decode step, {max_queue} waiting at most; "
-         f"chat: {'on' if template is not None else 'off, ' + (why_not or '')}); Ctrl-C stops")
+    info(f"serving '{settings.model_name}' ({dtype}, context {generator.model.config.max_position_embeddings}) on "
+         f"http://{shown}:{port}/v1; up to {max_batch_size} completions per decode step, {max_queue} waiting at "
+         f"most; chat: {chat.describe()}. Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

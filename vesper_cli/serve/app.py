@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vesper_cli.engine.generation import Generator, SamplingConfig
+from vesper_core.errors import VesperError
 from vesper_cli.serve.errors import APIError, bad_request, error_body
 from vesper_cli.serve.protocol import (ChatCompletionRequest, CompletionRequest, new_id, not_found, now, parse,
                                        usage)
@@ -31,12 +32,13 @@ DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions; chat def
 DISCONNECT_POLL_S = 0.5
 
 
-class ChatTemplateLike(Protocol):
-    """What chat needs from ``vesper_data.chat.template.ChatTemplate``."""
+class ChatPromptsLike(Protocol):
+    """What chat needs (``loading.ChatPrompts``): messages -> prompt ids, and how an assistant turn ends."""
 
-    end_of_turn: str | None
+    stop_strings: tuple[str, ...]
+    stop_ids: tuple[int, ...]
 
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str: ...
+    def encode(self, messages: list[dict[str, str]]) -> list[int]: ...
 
 
 @dataclass
@@ -45,12 +47,13 @@ class ServeSettings:
     api_key: str | None = None
     max_batch_size: int = 8
     max_queue: int = 32
-    chat_unavailable: str = "this checkpoint has no chat template"  # the 501's reason when chat_template is None
 
 
-def create_app(generator: Generator, settings: ServeSettings,
-               chat_template: ChatTemplateLike | None = None) -> FastAPI:
-    """The app; its scheduler thread starts and stops with the app's lifespan (uvicorn runs it)."""
+def create_app(generator: Generator, settings: ServeSettings, chat: ChatPromptsLike | None = None) -> FastAPI:
+    """The app; its scheduler thread starts and stops with the app's lifespan (uvicorn runs it).
+
+    ``chat``: how chat messages become a prompt (``loading.load_chat_prompts``); without it
+    /v1/chat/completions answers 501."""
     scheduler = Scheduler(generator, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue)
     created = now()
 
@@ -66,7 +69,7 @@ def create_app(generator: Generator, settings: ServeSettings,
     app.state.scheduler = scheduler
     app.state.settings = settings
     _install_error_handlers(app)
-    handler = _Handler(generator, settings, scheduler, chat_template)
+    handler = _Handler(generator, settings, scheduler, chat)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -143,11 +146,11 @@ class _Bridge:
 
 class _Handler:
     def __init__(self, generator: Generator, settings: ServeSettings, scheduler: Scheduler,
-                 chat_template: ChatTemplateLike | None):
+                 chat: ChatPromptsLike | None):
         self.generator = generator
         self.settings = settings
         self.scheduler = scheduler
-        self.chat_template = chat_template
+        self.chat_prompts = chat
         self.context = generator.model.config.max_position_embeddings
 
     # -- checks -------------------------------------------------------------------------
@@ -172,7 +175,9 @@ class _Handler:
                 "context_length": self.context}
 
     def _encode(self, text: str, param: str) -> list[int]:
-        ids = self.generator.tokenizer.encode(text)
+        return self._check_prompt(self.generator.tokenizer.encode(text), param)
+
+    def _check_prompt(self, ids: list[int], param: str) -> list[int]:
         if not ids:
             raise bad_request(f"'{param}' is empty after tokenization; send some text", param)
         if len(ids) >= self.context:
@@ -182,7 +187,7 @@ class _Handler:
         return ids
 
     def _rows(self, req, prompt_ids: list[list[int]], default_budget: int | None, budget: int | None,
-              extra_stops: tuple[str, ...] = ()) -> list[RowSpec]:
+              extra_stops: tuple[str, ...] = (), stop_ids: tuple[int, ...] = ()) -> list[RowSpec]:
         total = len(prompt_ids) * req.n
         if total > self.settings.max_batch_size:
             raise bad_request(f"{len(prompt_ids)} prompt(s) x n={req.n} make {total} completions; this server "
@@ -198,7 +203,7 @@ class _Handler:
                                       repetition_penalty=req.repetition_penalty, stop=stops)
             for j in range(req.n):
                 index = p * req.n + j
-                rows.append(RowSpec(index=index, prompt_ids=ids, sampling=sampling,
+                rows.append(RowSpec(index=index, prompt_ids=ids, sampling=sampling, stop_ids=stop_ids,
                                     seed=None if req.seed is None else req.seed + index))
         return rows
 
@@ -245,15 +250,17 @@ class _Handler:
                                 "response_format": req.response_format in (None, {"type": "text"})})
         if not req.messages:
             raise bad_request("'messages' is empty; send at least one message", "messages")
-        if self.chat_template is None:
-            raise APIError(501, f"/v1/chat/completions is not available: {self.settings.chat_unavailable}; "
-                           f"use /v1/completions", type="not_implemented", code="chat_template_missing")
+        if self.chat_prompts is None:
+            raise APIError(501, "/v1/chat/completions is not available: this server was started without a chat "
+                           "template; use /v1/completions", type="not_implemented", code="chat_unavailable")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
-        prompt = self.chat_template.render(messages, add_generation_prompt=True)
-        ids = self._encode(prompt, "messages")
-        end = self.chat_template.end_of_turn
-        rows = self._rows(req, [ids], None, req.token_budget(), (end,) if end else ())
+        try:
+            ids = self._check_prompt(self.chat_prompts.encode(messages), "messages")
+        except VesperError as exc:  # the template refused the conversation (say, roles out of order)
+            raise bad_request(str(exc), "messages") from None
+        rows = self._rows(req, [ids], None, req.token_budget(), self.chat_prompts.stop_strings,
+                          self.chat_prompts.stop_ids)
         prompt_tokens = len(ids) * req.n
         job, bridge = self._submit(rows)
         meta = {"id": new_id("chatcmpl"), "created": now(), "model": self.settings.model_name}

@@ -56,6 +56,7 @@ class RowSpec:
     prompt_ids: list[int]
     sampling: SamplingConfig
     seed: int | None = None  # its own random stream when set
+    stop_ids: tuple[int, ...] = ()  # token ids that end the row (not emitted), besides EOS: a chat end-of-turn
 
 
 @dataclass
@@ -117,7 +118,10 @@ class DecodeBatch:
                                     top_p=sampling.top_p, generator=row.rng)[0])
             row.ids.append(token)
             row.num_sampled += 1
-            row.text.add(token)
+            if token in row.spec.stop_ids:
+                row.text.stopped_by = "stop"
+            else:
+                row.text.add(token)
             piece = row.text.take()
             reason = row.finish_reason()
             if reason is not None:

@@ -90,3 +90,36 @@ def test_scheduler_runs_jobs_in_order_and_reports_each_row(tiny_generator):
     ends = [e for e in events if e.finish_reason is not None]
     assert sorted(e.completion_tokens for e in ends) == [2, 3, 5]
     assert all(e.finish_reason == "length" for e in ends) and not any(e.error for e in events)
+
+
+def _greedy(generator, prompt: list[int], num: int) -> list[int]:
+    from vesper_core.generation import generate_tokens
+
+    return [int(t[0]) for t in generate_tokens(generator.model, torch.tensor([prompt]), max_new_tokens=num,
+                                               temperature=0)]
+
+
+def test_a_later_request_joins_the_running_batch_and_decodes_as_alone(tiny_generator):
+    """Continuous batching: B arrives while A decodes, takes the cache slots that end at A's length (a key mask
+    hides the rest) and produces the tokens it produces alone."""
+    slow = dataclasses.replace(tiny_generator, model=SlowModel(tiny_generator.model, 0.02))
+    scheduler = Scheduler(slow, max_batch_size=4)
+    got: dict[str, list] = {"a": [], "b": []}
+    job_a = Job(rows=[RowSpec(index=0, prompt_ids=[1, 2, 3], sampling=SamplingConfig(max_tokens=40, temperature=0))],
+                emit=got["a"].append)
+    job_b = Job(rows=[RowSpec(index=0, prompt_ids=[4, 5], sampling=SamplingConfig(max_tokens=12, temperature=0,
+                                                                                  stop_at_eos=False))],
+                emit=got["b"].append)
+    scheduler.submit(job_a)
+    scheduler.start()
+    try:
+        _wait_until(lambda: len(got["a"]) >= 4, "A has decoded a few tokens")
+        scheduler.submit(job_b)
+        _wait_until(lambda: any(e.finish_reason for e in got["b"]) and any(e.finish_reason for e in got["a"]),
+                    "both finish")
+    finally:
+        scheduler.stop()
+    assert scheduler.stats["joins"] == 1 and scheduler.stats["max_rows_in_step"] == 2
+    decode = tiny_generator.tokenizer.decode
+    assert "".join(e.piece for e in got["b"]) == decode(_greedy(tiny_generator, [4, 5], 12)).rstrip()
+    assert "".join(e.piece for e in got["a"]) == decode(_greedy(tiny_generator, [1, 2, 3], 40)).rstrip()

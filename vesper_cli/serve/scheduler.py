@@ -2,13 +2,14 @@
 
 Requests (``Job``: one prompt x ``n`` choices, or several prompts) wait in a bounded FIFO queue; a full queue
 refuses new work at once (``QueueFullError``, answered with 429). The worker admits waiting jobs in order while
-their rows fit in ``max_batch_size`` decoding rows. Rows admitted together whose prompts have the same token
-count form one ``DecodeBatch`` (the model has no padding mask, so rows of different lengths cannot share a
-forward pass): one prefill, then one batched forward per new token with a shared KV cache. Every loop of the
-worker advances each live batch by one token, so a batch that started later does not wait for an earlier,
-longer one to finish. Sampling is per row (its own temperature, top-k/p, repetition penalty, stop strings,
-token budget and seeded generator), so a row's text does not depend on what shares its batch: a seeded
-request repeats, and a greedy one equals ``vesper generate --temperature 0``.
+their rows fit in ``max_batch_size`` decoding rows (continuous batching): admitted rows with equal prompt
+lengths are prefilled together and then join a running ``DecodeBatch`` whose cache already holds at least
+their prompt length (they take the slots that end there; a key mask hides the earlier ones), or start a new
+batch. Each batch runs one forward per new token for all its rows with one KV cache, and every loop of the
+worker advances each live batch by one token. Sampling is per row (its own temperature, top-k/p, repetition
+penalty, stop strings, token budget and seeded generator), so a row's text does not depend on what shares its
+batch (up to float rounding in the shared forward): a seeded request repeats, and a greedy one alone equals
+``vesper generate --temperature 0``.
 
 Finished or cancelled rows leave the batch at once (their KV-cache rows are dropped) and free their slot for
 the next waiting job. Nothing here knows HTTP: results go out through each job's ``emit`` callback.
@@ -17,7 +18,6 @@ the next waiting job. Nothing here knows HTTP: results go out through each job's
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -92,17 +92,61 @@ class _LiveRow:
 
 
 class DecodeBatch:
-    """Rows with equal prompt length decoding together: a shared KV cache, per-row sampling."""
+    """Rows decoding together: one KV cache, one forward per new token, per-row sampling.
+
+    A batch starts with rows of equal prompt length at slot 0. Later rows join it between steps: a prompt of
+    length P joining when the cache holds L >= P slots is prefilled into slots [L - P, L), and a per-row key
+    mask hides the slots before it. RoPE attention scores depend only on the distance between positions, so
+    a row that starts at slot L - P computes what it would alone (up to float rounding).
+    """
 
     def __init__(self, generator: Generator, rows: list[_LiveRow]):
         self.generator = generator
+        self.model = generator.model
+        self.context = self.model.config.max_position_embeddings
         self.rows = rows
-        model = generator.model
         prompt = torch.tensor([r.ids for r in rows], dtype=torch.long, device=generator.device)  # (B, T)
-        longest = max(r.spec.sampling.max_tokens for r in rows)
-        self.cache = KVCache.for_model(model, batch=len(rows), max_len=prompt.shape[1] + longest)
+        capacity = prompt.shape[1] + max(r.spec.sampling.max_tokens for r in rows)
+        self.cache = KVCache.for_model(self.model, batch=len(rows), max_len=capacity)
+        self.key_mask = torch.ones(len(rows), capacity, dtype=torch.bool, device=generator.device)  # (B, S)
+        self.padded = False  # True once a row starts after slot 0: the key mask is then needed
         with torch.no_grad():
-            self.logits = model(prompt, kv_cache=self.cache).logits[:, -1]  # (B, V)
+            self.logits = self.model(prompt, kv_cache=self.cache).logits[:, -1]  # (B, V)
+
+    def can_join(self, prompt_len: int, budget: int) -> bool:
+        """Whether rows with this prompt length and token budget fit (their slots stay inside the context)."""
+        length = self.cache.length
+        return prompt_len <= length and length + budget <= self.context
+
+    def join(self, rows: list[_LiveRow]) -> None:
+        """Prefill ``rows`` (equal prompt lengths) into the slots that end at the cache's length, then add them."""
+        length, num_prompt = self.cache.length, len(rows[0].ids)
+        need = length + max(r.spec.sampling.max_tokens for r in rows)
+        if need > self.cache.max_len:
+            self._grow(need)
+        prompt = torch.tensor([r.ids for r in rows], dtype=torch.long, device=self.logits.device)  # (k, P)
+        side = KVCache.for_model(self.model, batch=len(rows), max_len=self.cache.max_len)
+        side.length = length - num_prompt  # the prompt lands in slots [L - P, L)
+        mask = torch.zeros(len(rows), self.cache.max_len, dtype=torch.bool, device=self.logits.device)
+        mask[:, length - num_prompt:] = True  # (k, S)
+        with torch.no_grad():
+            logits = self.model(prompt, kv_cache=side, key_mask=mask).logits[:, -1]  # (k, V)
+        for layer, new in zip(self.cache.layers, side.layers):
+            layer.k = torch.cat([layer.k, new.k])  # (B + k, NH, S, D)
+            layer.v = torch.cat([layer.v, new.v])
+        self.cache.batch += len(rows)
+        self.key_mask = torch.cat([self.key_mask, mask])
+        self.logits = torch.cat([self.logits, logits])
+        self.rows.extend(rows)
+        self.padded = self.padded or num_prompt < length
+
+    def _grow(self, max_len: int) -> None:
+        extra = max_len - self.cache.max_len
+        for layer in self.cache.layers:
+            layer.k = torch.nn.functional.pad(layer.k, (0, 0, 0, extra))  # (B, NH, max_len, D)
+            layer.v = torch.nn.functional.pad(layer.v, (0, 0, 0, extra))
+        self.key_mask = torch.nn.functional.pad(self.key_mask, (0, extra), value=True)
+        self.cache.max_len = max_len
 
     def step(self) -> None:
         """Sample one token for every row, report it, drop finished rows, run the next forward."""
@@ -137,8 +181,9 @@ class DecodeBatch:
             self._keep(keep)
         if self.rows:
             ids = torch.tensor(next_ids, dtype=torch.long, device=self.logits.device)[:, None]  # (B, 1)
+            mask = self.key_mask if self.padded else None
             with torch.no_grad():
-                self.logits = self.generator.model(ids, kv_cache=self.cache).logits[:, -1]  # (B, V)
+                self.logits = self.model(ids, kv_cache=self.cache, key_mask=mask).logits[:, -1]  # (B, V)
 
     def _keep(self, keep: list[int]) -> None:
         self.rows = [self.rows[i] for i in keep]
@@ -149,6 +194,7 @@ class DecodeBatch:
             layer.k = layer.k.index_select(0, index)  # (B', NH, max_len, D)
             layer.v = layer.v.index_select(0, index)
         self.cache.batch = len(keep)
+        self.key_mask = self.key_mask.index_select(0, index)
         self.logits = self.logits.index_select(0, index)  # (B', V)
 
     def fail(self, message: str) -> None:
@@ -174,7 +220,7 @@ class Scheduler:
         self._reserved = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.stats = {"decode_steps": 0, "max_rows_in_step": 0}  # worker loops; most rows in one
+        self.stats = {"decode_steps": 0, "max_rows_in_step": 0, "joins": 0}  # loops, most rows in one, joins
 
     # -- the caller's side (any thread) ----------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -273,18 +319,29 @@ class Scheduler:
             for spec in job.rows:
                 groups.setdefault(len(spec.prompt_ids), []).append(_LiveRow(job, spec, self.generator))
         for rows in groups.values():
+            budget = max(r.spec.sampling.max_tokens for r in rows)
+            host = next((b for b in self._batches if b.rows and b.can_join(len(rows[0].ids), budget)), None)
+            if host is not None:  # join a running batch: shared decode steps from the next token on
+                self._guarded(host, lambda: host.join(rows), also=rows)
+                self.stats["joins"] += 1
+                continue
             holder: list[DecodeBatch] = []
-            ok = self._guarded_rows(rows, lambda: holder.append(DecodeBatch(self.generator, rows)))
-            if ok:
+            if self._guarded_rows(rows, lambda: holder.append(DecodeBatch(self.generator, rows))):
                 with self._lock:
                     self._batches.append(holder[0])
 
-    def _guarded(self, batch: DecodeBatch, fn: Callable[[], None]) -> None:
-        """Run one batch's step; an unexpected failure ends that batch's rows with an error, never the worker."""
+    def _guarded(self, batch: DecodeBatch, fn: Callable[[], None], also: list[_LiveRow] = ()) -> None:
+        """Run one batch's step (or a join of ``also``); an unexpected failure ends that batch's rows (and
+        ``also``'s) with an error, never the worker."""
         try:
             fn()
         except Exception as exc:  # noqa: BLE001 - the worker must survive anything one batch does
-            batch.fail(f"generation failed: {type(exc).__name__}: {exc}")
+            message = f"generation failed: {type(exc).__name__}: {exc}"
+            told = {id(row) for row in batch.rows}
+            batch.fail(message)
+            for row in also:
+                if id(row) not in told:
+                    row.job.emit(Event(row.spec.index, error=message))
 
     def _guarded_rows(self, rows: list[_LiveRow], fn: Callable[[], None]) -> bool:
         try:

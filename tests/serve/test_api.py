@@ -194,3 +194,16 @@ def test_api_key(tiny_generator):
         out = client(url, "s3cret").completions.create(model="tiny-run", prompt="the", max_tokens=2)
         assert out.usage.completion_tokens == 2
         assert httpx.get(f"{url}/health").status_code == 200  # health needs no key
+
+
+def test_serving_in_bf16(tiny_run):
+    from vesper_cli.serve.loading import load_serving_generator
+
+    generator = load_serving_generator(tiny_run, dtype="bf16", device="cpu")
+    assert str(generator.model.embeddings.weight.dtype) == "torch.bfloat16"
+    with running(make_app(generator)) as url:
+        out = client(url).completions.create(model="tiny-run", prompt="the cat", max_tokens=6, temperature=0)
+        assert out.usage.completion_tokens == 6 and out.choices[0].finish_reason == "length"
+        streamed = client(url).completions.create(model="tiny-run", prompt="the cat", max_tokens=6, temperature=0,
+                                                  stream=True)
+        assert "".join(c.choices[0].text for c in streamed) == out.choices[0].text

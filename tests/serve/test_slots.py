@@ -123,3 +123,17 @@ def test_a_later_request_joins_the_running_batch_and_decodes_as_alone(tiny_gener
     decode = tiny_generator.tokenizer.decode
     assert "".join(e.piece for e in got["b"]) == decode(_greedy(tiny_generator, [4, 5], 12)).rstrip()
     assert "".join(e.piece for e in got["a"]) == decode(_greedy(tiny_generator, [1, 2, 3], 40)).rstrip()
+
+
+def test_a_client_that_gives_up_on_a_plain_answer_frees_its_slot(tiny_generator):
+    slow = dataclasses.replace(tiny_generator, model=SlowModel(tiny_generator.model, 0.05))
+    app = make_app(slow, max_batch_size=1, max_queue=0)
+    with running(app) as url:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{url}/v1/completions", json={"model": "tiny-run", "prompt": "the cat", "max_tokens": 80},
+                       timeout=1.0)
+        _wait_until(lambda: httpx.get(f"{url}/health").json()["active_rows"] == 0, "the abandoned row is dropped")
+        assert app.state.scheduler.stats["decode_steps"] < 70
+        ok = httpx.post(f"{url}/v1/completions", json={"model": "tiny-run", "prompt": "the", "max_tokens": 2},
+                        timeout=60)
+        assert ok.status_code == 200

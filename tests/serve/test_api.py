@@ -116,6 +116,12 @@ BAD_REQUESTS = [
     ("/v1/completions", {"model": "tiny-run", "prompt": "the", "n": True}, 400, "n"),
     ("/v1/completions", {"model": "tiny-run", "prompt": "the", "n": 5}, 400, "n"),  # more than the batch holds
     ("/v1/completions", {"model": "tiny-run", "prompt": "the", "top_p": 0}, 400, "top_p"),
+    ("/v1/completions", b'{"model": "tiny-run", "prompt": "the", "temperature": NaN}', 400, "temperature"),
+    ("/v1/completions", b'{"model": "tiny-run", "prompt": "the", "repetition_penalty": Infinity}', 400,
+     "repetition_penalty"),
+    ("/v1/completions", {"model": "tiny-run", "prompt": "the", "seed": 2**70}, 400, "seed"),
+    ("/v1/completions", {"model": "tiny-run", "prompt": ["the"] * 5}, 400, "prompt"),
+    ("/v1/completions", {"model": "tiny-run", "prompt": "the " * 3_000_000}, 413, None),
     ("/v1/completions", {"model": "tiny-run", "prompt": "the", "stop": [""]}, 400, "stop"),
     ("/v1/completions", {"model": "tiny-run", "prompt": "the", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("/v1/completions", {"model": "tiny-run", "prompt": "the", "logprobs": 2}, 400, "logprobs"),
@@ -145,7 +151,7 @@ def test_bad_requests_get_openai_shaped_4xx_and_the_server_keeps_answering(serve
         if param is not None:
             assert error["param"] == param, (body, error)
     assert httpx.get(f"{url}/v1/completions").status_code == 405
-    ok = client(url).completions.create(model="tiny-run", prompt="the", max_tokens=3)
+    ok = client(url).completions.create(model="tiny-run", prompt="the", max_tokens=3, seed=-5)
     assert ok.usage.completion_tokens == 3
 
 
@@ -170,12 +176,20 @@ def test_a_burst_of_concurrent_and_malformed_requests(server):
     def bad(i: int):
         return _post(url, "/v1/completions", b'{"model": 1').status_code
 
-    with ThreadPoolExecutor(max_workers=12) as pool:
+    def streamed(i: int) -> str:
+        chunks = api.chat.completions.create(model="tiny-run", messages=[{"role": "user", "content": "the cat"}],
+                                             max_tokens=10, seed=i, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
         goods = [pool.submit(good, i) for i in range(10)]
         bads = [pool.submit(bad, i) for i in range(6)]
+        streams = [pool.submit(streamed, i) for i in range(4)]
         answers = [f.result() for f in goods]
         statuses = [f.result() for f in bads]
+        texts_streamed = [f.result() for f in streams]
     assert statuses == [400] * 6
+    assert all(isinstance(t, str) for t in texts_streamed)
     texts = {a.choices[0].text for a in answers}
     assert len(texts) == 1  # batched greedy rows equal each other
     assert all(a.usage.completion_tokens == 24 for a in answers)

@@ -30,6 +30,7 @@ from vesper_cli.serve.scheduler import Event, Job, QueueFullError, RowSpec, Sche
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the rest of the context
 DISCONNECT_POLL_S = 0.5
+MAX_BODY_BYTES = 8 * 2**20  # prompts past the context are refused anyway; this bounds the work before that
 
 
 class ChatPromptsLike(Protocol):
@@ -100,7 +101,17 @@ def create_app(generator: Generator, settings: ServeSettings, chat: ChatPromptsL
 
 
 async def _json(request: Request) -> Any:
-    body = await request.body()
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise APIError(413, f"the request body has {int(declared)} bytes; at most {MAX_BODY_BYTES} are accepted",
+                       code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -188,10 +199,7 @@ class _Handler:
 
     def _rows(self, req, prompt_ids: list[list[int]], default_budget: int | None, budget: int | None,
               extra_stops: tuple[str, ...] = (), stop_ids: tuple[int, ...] = ()) -> list[RowSpec]:
-        total = len(prompt_ids) * req.n
-        if total > self.settings.max_batch_size:
-            raise bad_request(f"{len(prompt_ids)} prompt(s) x n={req.n} make {total} completions; this server "
-                              f"decodes at most {self.settings.max_batch_size} at once (--max-batch-size)", "n")
+        self._check_count(len(prompt_ids), req.n)
         stops = tuple(dict.fromkeys(req.stop_strings() + extra_stops))
         rows = []
         for p, ids in enumerate(prompt_ids):
@@ -206,6 +214,13 @@ class _Handler:
                 rows.append(RowSpec(index=index, prompt_ids=ids, sampling=sampling, stop_ids=stop_ids,
                                     seed=None if req.seed is None else req.seed + index))
         return rows
+
+    def _check_count(self, num_prompts: int, n: int) -> None:
+        total = num_prompts * n
+        if total > self.settings.max_batch_size:
+            raise bad_request(f"{num_prompts} prompt(s) x n={n} make {total} completions; this server decodes at "
+                              f"most {self.settings.max_batch_size} at once (--max-batch-size)",
+                              "n" if num_prompts == 1 else "prompt")
 
     def _submit(self, rows: list[RowSpec]) -> tuple[Job, _Bridge]:
         bridge = _Bridge()
@@ -225,6 +240,7 @@ class _Handler:
         req.refuse_unsupported({"echo": not req.echo, "best_of": req.best_of in (None, 1),
                                 "suffix": not req.suffix})
         prompts = req.prompts()
+        self._check_count(len(prompts), req.n)
         prompt_ids = [self._encode(p, "prompt") for p in prompts]
         rows = self._rows(req, prompt_ids, DEFAULT_COMPLETION_TOKENS, req.max_tokens)
         prompt_tokens = sum(len(ids) for ids in prompt_ids) * req.n

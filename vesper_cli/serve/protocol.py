@@ -20,7 +20,7 @@ MAX_STOP_STRINGS = 4  # OpenAI's limit
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
 
 class StreamOptions(_Strict):
@@ -36,11 +36,11 @@ class _SamplingFields(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-2**63, lt=2**63)
     user: str | None = None
     # extensions, as in `vesper generate`
     top_k: int = Field(0, ge=0)
-    repetition_penalty: float = Field(1.0, gt=0)
+    repetition_penalty: float = Field(1.0, gt=0, le=100)
     # known to OpenAI, refused here unless left at their neutral value
     frequency_penalty: float | None = None
     presence_penalty: float | None = None

@@ -80,7 +80,7 @@ class _LiveRow:
         self.ids = list(spec.prompt_ids)
         self.text = _Row(generator.tokenizer, spec.sampling)
         self.num_sampled = 0
-        self.rng = (torch.Generator(device=generator.device).manual_seed(spec.seed)
+        self.rng = (torch.Generator(device=generator.device).manual_seed(spec.seed % 2**64)
                     if spec.seed is not None else None)
 
     def finish_reason(self) -> str | None:

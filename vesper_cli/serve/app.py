@@ -308,13 +308,19 @@ class _Handler:
     async def _events(self, request: Request, job: Job, bridge: _Bridge) -> AsyncIterator[Event]:
         """The job's events until every row has ended; cancels the job if the client goes away first."""
         remaining = len(job.rows)
+        clock = asyncio.get_running_loop().time
+        checked = clock()
         try:
             while remaining:
                 try:
-                    event = await asyncio.wait_for(bridge.queue.get(), timeout=DISCONNECT_POLL_S)
+                    event: Event | None = await asyncio.wait_for(bridge.queue.get(), timeout=DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
+                    event = None
+                if clock() - checked >= DISCONNECT_POLL_S:  # also while events flow: a plain answer sends none
+                    checked = clock()
                     if await request.is_disconnected():
                         return
+                if event is None:
                     continue
                 if event.error is not None:
                     raise APIError(500, event.error, type="server_error", code="generation_failed")

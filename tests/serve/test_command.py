@@ -81,3 +81,18 @@ def test_vesper_serve_runs_and_stops_on_ctrl_c(tiny_run):
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert f"on http://127.0.0.1:{port}/v1" in err and "chat: template chatml" in err
+
+
+SERVE_FLAGS = {"--model", "--host", "--port", "--model-name", "--api-key", "--max-batch-size", "--max-queue",
+               "--dtype", "--tokenizer", "--chat-template", "--device", "--log-level"}
+
+
+def test_serve_flags_snapshot(cli):
+    import typer
+
+    from vesper_cli.app import app
+
+    command = typer.main.get_command(app).commands["serve"]
+    assert {opt for param in command.params for opt in param.opts} == SERVE_FLAGS
+    code, out, _ = cli("--help")
+    assert code == 0 and "serve" in out

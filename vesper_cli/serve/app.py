@@ -241,7 +241,8 @@ class _Handler:
                                 "suffix": not req.suffix})
         prompts = req.prompts()
         self._check_count(len(prompts), req.n)
-        prompt_ids = [self._encode(p, "prompt") for p in prompts]
+        # tokenizing a long body takes a while: off the event loop, so other requests keep being answered
+        prompt_ids = await asyncio.to_thread(lambda: [self._encode(p, "prompt") for p in prompts])
         rows = self._rows(req, prompt_ids, DEFAULT_COMPLETION_TOKENS, req.max_tokens)
         prompt_tokens = sum(len(ids) for ids in prompt_ids) * req.n
         job, bridge = self._submit(rows)
@@ -272,7 +273,7 @@ class _Handler:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
         try:
-            ids = self._check_prompt(self.chat_prompts.encode(messages), "messages")
+            ids = self._check_prompt(await asyncio.to_thread(self.chat_prompts.encode, messages), "messages")
         except VesperError as exc:  # the template refused the conversation (say, roles out of order)
             raise bad_request(str(exc), "messages") from None
         rows = self._rows(req, [ids], None, req.token_budget(), self.chat_prompts.stop_strings,

@@ -82,3 +82,25 @@ def test_missing_checkpoint(cli, tmp_path):
     code, _, err = cli("export", "--model", tmp_path / "nope.safetensors", "--output", tmp_path / "o")
     assert code == 1 and "not found" in _first_line(err)
     assert not (tmp_path / "o").exists()
+
+
+def test_adapted_model_is_merged_before_export(monkeypatch):
+    """A model with parameters a plain VesperLM lacks goes through merge_adapters (or is refused without it)."""
+    import sys
+    import types
+
+    from tests.core.export_helpers import random_model, tiny_config
+    from vesper_cli.engine.export import merge_adapters_if_any
+    from vesper_core.errors import NotImplementedFeatureError
+
+    model = random_model(tiny_config(97))
+    assert merge_adapters_if_any(model) is model  # plain: untouched
+    model.layers[0].attention.q_proj.register_parameter("lora_extra", torch.nn.Parameter(torch.zeros(2)))
+    fake = types.ModuleType("vesper_core.layers.adapters")
+    merged = random_model(tiny_config(97), seed=5)
+    fake.merge_adapters = lambda m: merged
+    monkeypatch.setitem(sys.modules, "vesper_core.layers.adapters", fake)
+    assert merge_adapters_if_any(model) is merged
+    monkeypatch.setitem(sys.modules, "vesper_core.layers.adapters", types.ModuleType("vesper_core.layers.adapters"))
+    with pytest.raises(NotImplementedFeatureError, match="carries adapters"):
+        merge_adapters_if_any(model)

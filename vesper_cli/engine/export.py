@@ -19,7 +19,7 @@ import torch
 
 from vesper_core.checkpoint import read_checkpoint
 from vesper_core.device import has_module
-from vesper_core.errors import ConfigError, VesperError
+from vesper_core.errors import ConfigError, NotImplementedFeatureError, VesperError
 from vesper_core.generation import generate
 from vesper_core.model import VesperLM
 from vesper_data.tokenizers import VesperTokenizer
@@ -97,12 +97,19 @@ def export_checkpoint(model_path: str | Path, *, fmt: str, output: str | Path, o
 
 
 def merge_adapters_if_any(model: VesperLM) -> VesperLM:
-    """Fold LoRA / FlyLoRA adapters into the base weights when the adapters module provides ``merge_adapters``."""
-    try:
-        from vesper_core.layers.adapters import merge_adapters, wrapped_modules
-    except ImportError:  # an install without the adapters module: checkpoints are plain models
+    """``model`` as a plain VesperLM: LoRA / FlyLoRA adapters (parameters a plain VesperLM of the same config
+    does not have) are folded into the base weights with ``vesper_core.layers.adapters.merge_adapters``."""
+    with torch.device("meta"):
+        plain = set(VesperLM(model.config).state_dict())
+    if set(model.state_dict()) == plain:
         return model
-    return merge_adapters(model) if wrapped_modules(model) else model
+    try:
+        from vesper_core.layers.adapters import merge_adapters
+    except ImportError:
+        raise NotImplementedFeatureError(
+            "this checkpoint carries adapters but this install has no vesper_core.layers.adapters.merge_adapters "
+            "to fold them in; merge them first (vesper merge) and export the merged checkpoint") from None
+    return merge_adapters(model)
 
 
 def _special_tokens(tok: VesperTokenizer) -> list[str]:

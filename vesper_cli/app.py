@@ -48,6 +48,10 @@ def _register_commands() -> None:
     app.command("plugins", help=plugins.__doc__)(plugins.plugins_command)
     app.command("merge", help=merge.__doc__)(merge.merge_command)
 
+    from vesper_cli.commands import serve
+
+    app.command("serve", help=serve.__doc__)(serve.serve_command)
+
     from vesper_cli.commands import export
 
     app.command("export", help=export.__doc__)(export.export_command)

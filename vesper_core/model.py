@@ -57,8 +57,8 @@ class Block(nn.Module):
         self.ffn = MoEFeedForward(config) if config.moe_enabled else GLUFeedForward(config)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None,
-                start: int = 0) -> tuple[Tensor, Tensor | None]:
-        x = x + self.attention(self.attention_norm(x), cos, sin, cache, start)  # (B, T, H)
+                start: int = 0, key_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache, start, key_mask)  # (B, T, H)
         mixed = self.ffn(self.ffn_norm(x))
         if isinstance(mixed, tuple):  # MoE returns (out, aux)
             mixed, aux = mixed
@@ -112,7 +112,7 @@ class VesperLM(nn.Module):
     def forward(self, input_ids: Tensor, labels: Tensor | None = None, *, kv_cache: "KVCache | None" = None,
                 return_hidden: bool = False, compute_logits: bool | None = None, loss_impl: str = "auto",
                 loss_reduction: str = "mean", return_entropy: bool = False,
-                ignore_index: int = IGNORE_INDEX) -> ModelOutput:
+                ignore_index: int = IGNORE_INDEX, key_mask: Tensor | None = None) -> ModelOutput:
         """Logits, and with ``labels`` (B, T) the cross-entropy loss computed here.
 
         ``loss_impl``: ``standard`` (full logits, then CE), ``chunked`` (fused linear + CE over row
@@ -120,12 +120,16 @@ class VesperLM(nn.Module):
         or ``auto`` (chunked from a 32k vocabulary). ``loss_reduction``: ``mean`` over non-ignored
         labels or ``sum``. ``return_entropy``: also the detached mean normalised entropy of the
         predictions (Velvet's logits signal), from the same pass. ``compute_logits=False`` without
-        labels skips the LM head (the caller then uses ``hidden_states``).
+        labels skips the LM head (the caller then uses ``hidden_states``). ``key_mask`` (B, cache length after
+        this call; with ``kv_cache`` only): False on cache slots a row must not attend to, so that rows starting
+        at different slots share one cache (RoPE scores depend only on the distance between positions).
         """
         if input_ids.dim() != 2:
             raise ConfigError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
         start = 0
+        if key_mask is not None and kv_cache is None:
+            raise ConfigError("key_mask needs a kv_cache (it hides cache slots)")
         if kv_cache is not None:
             kv_cache.check_room(B, T)
             start = kv_cache.length
@@ -140,7 +144,7 @@ class VesperLM(nn.Module):
                 x, aux = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 cache = kv_cache.layers[i] if kv_cache is not None else None
-                x, aux = block(x, cos, sin, cache, start)
+                x, aux = block(x, cos, sin, cache, start, key_mask)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
         if kv_cache is not None:

@@ -3,7 +3,8 @@
 Four ``Linear(H, H)`` projections with bias; no GQA. Training and prefill use
 ``F.scaled_dot_product_attention(is_causal=True)``. With a cache the new keys/values are written at
 ``start`` and the queries attend to everything cached so far: one new token needs no mask, a chunk
-appended to a non-empty cache gets a causal mask shifted by ``start``.
+appended to a non-empty cache gets a causal mask shifted by ``start``. ``key_mask`` (B, start + T), with a
+cache only, hides cache slots per row (a batch whose rows start at different slots: ``vesper serve``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(H, H)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None,
-                start: int = 0) -> Tensor:
+                start: int = 0, key_mask: Tensor | None = None) -> Tensor:
         B, T, H = x.shape
         q = self._split_heads(self.q_proj(x))  # (B, NH, T, D)
         k = self._split_heads(self.k_proj(x))  # (B, NH, T, D)
@@ -51,8 +52,13 @@ class Attention(nn.Module):
         else:
             k, v = cache.update(k, v, start)  # (B, NH, start + T, D)
             k, v = k.to(q.dtype), v.to(q.dtype)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=_cached_mask(T, start, q.device),
-                                                 is_causal=(start == 0 and T > 1))
+            if key_mask is None:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=_cached_mask(T, start, q.device),
+                                                     is_causal=(start == 0 and T > 1))
+            else:
+                causal = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(diagonal=start)
+                mask = causal & key_mask[:, None, None, :start + T]  # (B, 1, T, start + T)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
         out = out.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
         return self.o_proj(out)

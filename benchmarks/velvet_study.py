@@ -29,6 +29,20 @@ from vesper_cli.engine.benchmark import BenchConfig, run_benchmark  # noqa: E402
 
 SCHEDULES = {"constant": {}, "cosine": {"lr_schedule": "cosine", "warmup_steps": None}}
 
+# Each upstream rule alone: the other rule's scale pinned to 1 (its bounds (1, 1)).
+RULE_VARIANTS = {
+    "upstream_entropy_only": ("upstream", {"perplexity_bounds": (1.0, 1.0)}),
+    "upstream_perplexity_only": ("upstream", {"entropy_bounds": (1.0, 1.0)}),
+    # sparse-aware updates on the FlyLoRA branches of the FFN (the group upstream meant them for)
+    "default_sparse_lora": ("default", {"sparse_aware": True, "sparse_params": "layers.*.ffn.*.lora_*"}),
+}
+
+
+def rule_settings(name: str) -> dict:
+    """BenchConfig fields for a rule preset name or one of RULE_VARIANTS."""
+    preset, overrides = RULE_VARIANTS.get(name, (name, {}))
+    return {"velvet_rules": preset, **overrides}
+
 
 def cell_rows(report: dict, cell: dict, arm: str) -> list[dict]:
     rows = []
@@ -47,7 +61,10 @@ def main() -> None:
     ap.add_argument("--corpus", action="append", required=True, help="NAME=PATH (repeat)")
     ap.add_argument("--sizes", default="nano")
     ap.add_argument("--schedules", default="constant", help="constant,cosine")
-    ap.add_argument("--rules", default="default,upstream", help="Velvet rule presets to run")
+    ap.add_argument("--rules", default="default,upstream",
+                    help=f"Velvet rule presets to run (or {', '.join(RULE_VARIANTS)})")
+    ap.add_argument("--baseline", default="adamw", choices=("adamw", "none"),
+                    help="run AdamW alongside the first preset (none: Velvet rows only, e.g. to add rows to a cell)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -69,12 +86,13 @@ def main() -> None:
                 cell = {"corpus": name, "size": size, "schedule": schedule, "steps": args.steps,
                         "batch_size": args.batch_size, "seq_len": args.seq_len, "tokenizer": args.tokenizer}
                 for i, rules in enumerate(args.rules.split(",")):
-                    optimizers = ("velvet", "adamw") if i == 0 else ("velvet",)
+                    with_baseline = i == 0 and args.baseline == "adamw"
+                    optimizers = ("velvet", "adamw") if with_baseline else ("velvet",)
                     cfg = BenchConfig.from_flat(
                         dataset=path, tokenizer=args.tokenizer, model_size=size, seq_len=args.seq_len,
                         batch_size=args.batch_size, max_steps=args.steps, seeds=args.seeds, lr=args.lr,
                         lr_sweep=True, lr_grid=tuple(float(x) for x in args.lr_grid.split(",")),
-                        optimizers=optimizers, velvet_rules=rules, val_tokens=32768, **extra)
+                        optimizers=optimizers, val_tokens=32768, **rule_settings(rules), **extra)
                     start = time.perf_counter()
                     report = run_benchmark(cfg)
                     rows += cell_rows(report, cell, f"velvet[{rules}]")

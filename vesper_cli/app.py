@@ -53,6 +53,10 @@ def _register_commands() -> None:
     app.add_typer(tokenizer.tokenizer_app, name="tokenizer", help=tokenizer.__doc__)
     app.add_typer(metacog.metacog_app, name="metacog", help=metacog.__doc__)
 
+    from vesper_cli.commands import eval as eval_cmd
+
+    app.command("eval", help=eval_cmd.__doc__)(eval_cmd.eval_command)
+
 
 _register_commands()
 

@@ -116,3 +116,34 @@ def test_a_task_file_with_only_bad_records_fails_before_loading(runs, cli, tmp_p
     bad.write_text('{"type": "multiple_choice", "choices": ["a"]}\n')
     code, _, err = cli("eval", "--model", tmp_path / "no-such-checkpoint", "--tasks", bad)
     assert code == 1 and "has no valid record (1 skipped; line 1: 'context' must be a string" in err
+
+
+def test_lm_eval_tasks_agree_with_the_same_records_in_vesper_format(runs, cli, tmp_path, monkeypatch):
+    """One multiple-choice set, written once as a Vesper task file and once as a local lm-eval task: the same
+    accuracies (both score log P(choice | context) through the same scorer), with the datasets library offline."""
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    records = [{"context": f"the cat sees the red house number {i}", "choices": [" every", " never", " ???"],
+                "answer": i % 3} for i in range(6)]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("\n".join(map(json.dumps, records)) + "\n")
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "mc.yaml").write_text(
+        f"task: house_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        f"  cache_dir: {tmp_path / 'hf'}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
+        'target_delimiter: ""\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n')
+    report, _ = _eval_json(cli, "--model", runs / "held_out", "--tasks", data, "--lm-eval-tasks", "house_mc",
+                           "--include-path", folder, "--dtype", "f32")
+    ours = report["tasks"][0]["metrics"]
+    assert report["lm_eval"]["house_mc"] == {"count": 6, "acc": pytest.approx(ours["acc"]),
+                                             "acc_norm": pytest.approx(ours["acc_norm"])}
+
+
+def test_lm_eval_missing_names_the_extra(runs, cli, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval now raises ImportError
+    code, _, err = cli("eval", "--model", runs / "held_out", "--lm-eval-tasks", "x")
+    assert code == 1 and "pip install 'vesper[lm-eval]'" in err

@@ -67,7 +67,7 @@ def render_report(report) -> None:
             table.add_column(column, justify="right" if column == "value" else "left", no_wrap=True)
         for task, metrics in report.lm_eval.items():
             for i, (metric, value) in enumerate(metrics.items()):
-                shown = f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
+                shown = f"{value:.4f}" if isinstance(value, float) else str(value)
                 table.add_row(task if i == 0 else "", metric, shown)
         _print_table(table)
 

@@ -17,7 +17,7 @@ class DataConfig:
     dataset: str | None = None
     """Training file (.txt, .jsonl, SQuAD .json, .parquet/.arrow), hf:NAME[:CONFIG][@SPLIT], or 'demo'."""
     format: str = "auto"
-    """Data format: auto (by extension) | text | jsonl | squad | hf, or a plugin format."""
+    """Data format: auto (by extension and first record) | text | jsonl | squad | hf | chat, or a plugin format."""
     text_field: str = "text"
     """JSONL / HF column holding the document."""
     tokenizer: str = "auto"
@@ -42,6 +42,10 @@ class DataConfig:
     """Tokenize --dataset chunk by chunk in the background (files larger than memory)."""
     chunk_mb: int = 50
     """Streaming chunk size in MiB."""
+    chat_template: str = "auto"
+    """Chat data: auto (a chat cache's or the checkpoint's, else the default ChatML) | default | a tokenizer folder, tokenizer_config.json or .jinja file."""
+    train_on_prompt: bool = False
+    """Chat data: put the prompt tokens in the loss too (by default only the assistant's tokens)."""
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "vocab_size", "num_workers", "chunk_mb"):
             value = getattr(self, name)
@@ -57,10 +61,10 @@ class DataConfig:
             raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.num_workers < 0:
             raise ConfigError(f"--num-workers must be 0 or more, got {self.num_workers}")
-        for name in ("shuffle", "streaming"):
+        for name in ("shuffle", "streaming", "train_on_prompt"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("format", "text_field", "tokenizer"):
+        for name in ("format", "text_field", "tokenizer", "chat_template"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{_flag(name)} must be a non-empty string, got {value!r}")

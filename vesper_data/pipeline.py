@@ -109,11 +109,14 @@ def split_validation(ids: np.ndarray, val_fraction: float, seq_len: int) -> tupl
 
 
 def open_training_data(cfg: DataConfig, tokenizer: VesperTokenizer, *, seed: int = 0, rank: int = 0,
-                       world_size: int = 1, on_warning: Callable[[str], None] | None = None) -> TrainingData:
+                       world_size: int = 1, on_warning: Callable[[str], None] | None = None,
+                       chat_template=None) -> TrainingData:
     """The training batches: from a cache's memory map, a streamed file, or tokens held in memory.
 
     A cache trains on windows of seq_len + 1 over its whole token region (each stored document
     ends with EOS, so windows may cross documents exactly as in-memory training does).
+    With ``chat_template`` (a ChatTemplate) the data are conversations: one padded row each, the
+    loss on the assistant tokens only (vesper_data.chat).
     """
     notes: list[str] = []
     if cfg.val_fraction and (cfg.cache or cfg.streaming):
@@ -122,6 +125,17 @@ def open_training_data(cfg: DataConfig, tokenizer: VesperTokenizer, *, seed: int
     if cfg.val_fraction and cfg.val_dataset:
         raise ConfigError("give one of --val-dataset (a held-out file) or --val-fraction (the data's tail), not both")
     shard = dict(batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=seed, rank=rank, world_size=world_size)
+    if chat_template is not None:
+        from vesper_data.chat.data import open_chat_training
+
+        if cfg.dataset in (None, DEMO_NAME) and not cfg.cache:
+            raise ConfigError("chat training reads a conversations file: pass --dataset PATH.jsonl or a chat --cache")
+        if cfg.cache and cfg.dataset:
+            notes.append(f"--dataset {cfg.dataset} ignored: training from --cache {cfg.cache}")
+        loader, num_tokens, chat_notes, val = open_chat_training(
+            cfg, tokenizer, chat_template, shard=shard, prefetch=max(STREAM_PREFETCH, cfg.num_workers),
+            on_warning=on_warning)
+        return TrainingData(loader, num_tokens, notes + chat_notes, val)
     if cfg.cache:
         if cfg.dataset or cfg.streaming:
             ignored = " and ".join(x for x in (cfg.dataset and f"--dataset {cfg.dataset}",

@@ -229,6 +229,26 @@ def read_hf(path: Path | str, *, text_field: str = "text",
     return read_hf_documents(str(path), text_field=text_field)
 
 
+@FORMATS.register("chat", aliases=("messages", "sharegpt", "alpaca"))
+def read_chat(path: Path, *, text_field: str = "text",
+              on_warning: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Conversations (OpenAI messages, ShareGPT, Alpaca, user/assistant pairs) rendered with the default
+    chat template, one document each. Training masks them (vesper_data.chat); this text view serves
+    tokenizer training and tools that read documents."""
+    from vesper_data.chat import default_template, read_conversations
+
+    template = default_template()
+    conversations, skipped = read_conversations(path)
+    found = False
+    for messages in conversations:
+        found = True
+        yield template.render(messages)
+    if not found:
+        raise DataError(f"{path} has no usable conversations; {skipped.summary() or 'the file has no records'}")
+    if skipped.num_skipped and on_warning is not None:
+        on_warning(skipped.summary(path.name))
+
+
 # -- format choice and reading ----------------------------------------------------------------
 HF_PREFIX = "hf:"
 
@@ -240,17 +260,21 @@ def is_hf_spec(path: Path | str) -> bool:
 def detect_format(path: Path | str, fmt: str = "auto") -> str:
     """Canonical format name: ``fmt`` itself, or for "auto" a guess from ``hf:`` or the file extension.
 
-    Like Rust: .jsonl -> jsonl, .json -> squad, anything else -> text; plus hf: / .parquet / .arrow -> hf.
+    Like Rust: .jsonl -> jsonl, .json -> squad, anything else -> text; plus hf: / .parquet / .arrow -> hf,
+    and .jsonl / .json whose first record has ``messages``, ``conversations`` or ``instruction`` -> chat
+    (user/assistant pairs stay jsonl text unless ``--format chat``).
     """
     if fmt != "auto":
         return FORMATS.resolve(fmt)
     if is_hf_spec(path):
         return "hf"
     suffix = Path(path).suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    if suffix == ".json":
-        return "squad"
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        from vesper_data.chat.formats import looks_like_chat
+
+        if looks_like_chat(path):  # messages / conversations / instruction records
+            return "chat"
+        return "jsonl" if suffix != ".json" else "squad"
     if suffix in (".parquet", ".arrow"):
         return "hf"
     return "text"

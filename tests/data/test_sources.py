@@ -90,7 +90,7 @@ def test_format_detection_and_unknown_format(tmp_path):
     assert detect_format(tmp_path / "a.md") == "text"
     assert detect_format(tmp_path / "a.jsonl", "txt") == "text"
     assert detect_format(tmp_path / "a.json") == "squad"
-    with pytest.raises(UnknownNameError, match="choices: hf, jsonl, squad, text"):
+    with pytest.raises(UnknownNameError, match="choices: chat, hf, jsonl, squad, text"):
         read_documents(tmp_path / "a.txt", "xml")
     assert set(FORMATS.names()) >= {"text", "jsonl"}
 

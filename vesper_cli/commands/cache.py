@@ -68,6 +68,8 @@ def build_command(
     format: str = Opt("auto", "--format", "--input-format",
                       help="Dataset format, as in `vesper train`: auto (by extension) | text | jsonl | squad | hf."),
     text_field: str = Opt("text", help="JSONL / HF column holding the text."),
+    chat_template: str = Opt("default", help="Chat data (--format chat, or autodetected): default (ChatML) | a "
+                                             "tokenizer folder, tokenizer_config.json or .jinja file."),
     name: Optional[str] = Opt(None, help="Cache file name without extension  [default: <stem>_<16 hex>]"),
     as_json: bool = Opt(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -88,12 +90,29 @@ def build_command(
     choose_token_bytes(0, format)  # reject an unknown --layout before loading anything
     cfg = DataConfig(dataset=dataset, format=input_format, text_field=text_field, tokenizer=tokenizer, seq_len=seq_len)
     check_writable(output_dir, "--output-dir", folder=True)
+    from vesper_data.chat.data import is_chat_data
+
+    chat = is_chat_data(cfg)
+    template = None
+    if chat:
+        from vesper_data.chat import add_chat_tokens, load_chat_template
+
+        template = load_chat_template(chat_template)  # a bad template fails before any tokenizer training
     tok, notice = prepare_tokenizer(cfg, saved_candidates=[])
     if notice:
         info(notice)
     with _BuildProgress(_source_bytes(dataset)) as progress:
-        built = build_cache([dataset], tok, output_dir, fmt=input_format, text_field=text_field, seq_len=seq_len,
-                            layout=format, name=name, progress=progress, on_warning=warn)
+        if template is not None:
+            from vesper_data.chat.cache import build_chat_cache
+
+            added = add_chat_tokens(tok, template)
+            if added:
+                info(f"added the chat template's special token(s) {', '.join(added)} (vocab {tok.vocab_size})")
+            built = build_chat_cache([dataset], tok, template, output_dir, seq_len=seq_len, layout=format, name=name,
+                                     on_warning=warn)
+        else:
+            built = build_cache([dataset], tok, output_dir, fmt=input_format, text_field=text_field, seq_len=seq_len,
+                                layout=format, name=name, progress=progress, on_warning=warn)
     h = built.header
     result = {"bin": str(built.bin_path), "idx": str(built.idx_path),
               "sidecar": None if built.sidecar_path is None else str(built.sidecar_path),

@@ -99,7 +99,8 @@ class Checkpointer:
                               type(run.optimizer).__name__, run.scaler)
         save_weights(path, run.model, state_dict=weights, extra={
             "step": str(run.step), "model_size": self.cfg.model.model_size, "optimizer": self.cfg.optim.name,
-            "tokenizer_sha256": self.tokenizer.sha256(), "dtype": dtype_name(self.dtype), **extra,
+            "tokenizer_sha256": self.tokenizer.sha256(), "dtype": dtype_name(self.dtype),
+            **getattr(run, "extra_meta", {}), **extra,
         })
         if run.log is not None:
             run.log.write()

@@ -85,6 +85,8 @@ class TrainConfig:
     """f32 | bf16 | f16 (autocast over f32 weights)."""
     resume: str | None = None
     """Checkpoint (or run folder) to continue from exactly, with the run's recorded settings."""
+    init_from: str | None = None
+    """Start a new run from a checkpoint's weights and tokenizer (or a run folder's newest): fresh optimizer, schedule and data order; the model's architecture is the checkpoint's."""
     overwrite: bool = False
     """Replace the run already in --output-dir (its checkpoints, logs and tokenizer are deleted)."""
     loss: str = "auto"
@@ -246,6 +248,9 @@ def build_run_config(flags: dict[str, Any], config_file: str | Path | None = Non
         values["optim"]["name"] = str(values["optim"]["name"]).lower()
     notes: list[str] = []
     resume = values["train"].get("resume")
+    if resume and values["train"].get("init_from") and ("train", "init_from") in given:
+        raise ConfigError("give one of --init-from (a new run from a checkpoint's weights) or --resume (continue a run "
+                          "exactly), not both")
     if resume:
         values, notes = _inherit_recorded(values, given, str(resume))
     if float(values["optim"].get("lr", 1.0)) <= 0:

@@ -12,6 +12,7 @@ Nothing here prints: the loop reports through a :class:`TrainObserver` and stops
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -31,6 +32,10 @@ from vesper_core.errors import CheckpointError, ConfigError, VesperError
 from vesper_core.kernels.cross_entropy import perplexity
 from vesper_core.model import METACOG_PREFIX, VesperLM
 from vesper_core.resume_state import LoadedResumeState, load_resume_state
+from vesper_core.vocab import GROWTH_KEY, grow_vocabulary
+from vesper_data.chat import CHECKPOINT_KEY as CHAT_TEMPLATE_KEY
+from vesper_data.chat import ChatTemplate, add_chat_tokens
+from vesper_data.chat.data import is_chat_data, open_chat_validation, resolve_chat_template
 from vesper_data.loader import BatchLoader, TokenWindows
 from vesper_data.pipeline import load_tokens, open_training_data, prepare_tokenizer
 from vesper_data.streaming import StreamingLoader
@@ -122,6 +127,7 @@ class TrainingRun:
     tokenizer: VesperTokenizer | None = None
     num_train_tokens: int = 0
     notes: list[str] = field(default_factory=list)
+    extra_meta: dict[str, Any] = field(default_factory=dict)  # recorded in every checkpoint (chat template, ...)
     step: int = 0
     counters: dict[str, Any] = field(default_factory=lambda: {
         "best_loss": None, "bad_steps": 0, "consecutive_bad_steps": 0, "tokens_seen": 0})
@@ -164,6 +170,34 @@ def _resolve_resume(path: str) -> Path:
     return p
 
 
+def _resolve_init(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        return newest_checkpoint(p)
+    if not p.is_file():
+        raise CheckpointError(f"--init-from {p}: no such file or folder; pass a checkpoint-*.safetensors or a run folder")
+    return p
+
+
+def recorded_chat_template(ckpt) -> "ChatTemplate | None":
+    raw = ckpt.metadata.get(CHAT_TEMPLATE_KEY)
+    return None if raw is None else ChatTemplate.from_dict(ckpt.meta(CHAT_TEMPLATE_KEY), str(ckpt.path))
+
+
+def check_extends_tokenizer(ckpt, tokenizer: VesperTokenizer) -> None:
+    """CheckpointError unless ``tokenizer`` is the checkpoint's, or the checkpoint's plus added tokens."""
+    recorded = ckpt.meta("tokenizer_sha256")
+    if not recorded or str(recorded) == tokenizer.sha256():
+        return
+    base = next((VesperTokenizer.from_file(p) for p in ckpt.tokenizer_candidates()
+                 if p.is_file() and _file_sha(p) == str(recorded)), None)
+    if base is not None:
+        new_vocab = tokenizer.tokenizer.get_vocab(with_added_tokens=True)
+        if all(new_vocab.get(tok) == i for tok, i in base.tokenizer.get_vocab(with_added_tokens=True).items()):
+            return
+    check_tokenizer(ckpt, tokenizer.sha256(), tokenizer.name)  # raises with the usual message
+
+
 def _metacog_only_state(state: LoadedResumeState | None) -> bool:
     """Whether a resume state was written by a --metacog-only run (then it resumes exactly)."""
     train_cfg = ((state.meta.get("run_config") or {}).get("train") or {}) if state is not None else {}
@@ -194,6 +228,8 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
     resume_path = _resolve_resume(tcfg.resume) if tcfg.resume else None
     resume_ckpt = read_checkpoint(resume_path) if resume_path else None
     resume_state = load_resume_state(resume_path) if resume_path else None
+    # --init-from: a new run on a checkpoint's weights (a resumed --init-from run takes everything from --resume)
+    init_ckpt = read_checkpoint(_resolve_init(tcfg.init_from)) if tcfg.init_from and resume_ckpt is None else None
     continuing = (resume_path is not None and not (tcfg.metacog_only and not _metacog_only_state(resume_state))
                   and _same_folder(resume_path.parent, output_dir))
     if continuing and tcfg.overwrite:
@@ -204,18 +240,37 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
 
     # --tokenizer auto: the resumed checkpoint's own tokenizer, else (a new run) one trained on the data;
     # never a tokenizer left in --output-dir by an earlier run
-    saved = resume_ckpt.tokenizer_candidates() if resume_ckpt is not None else []
-    if resume_ckpt is not None and cfg.data.tokenizer == "auto":
-        recorded = resume_ckpt.meta("tokenizer_sha256")
+    source_ckpt = resume_ckpt if resume_ckpt is not None else init_ckpt
+    saved = source_ckpt.tokenizer_candidates() if source_ckpt is not None else []
+    if source_ckpt is not None and cfg.data.tokenizer == "auto":
+        recorded = source_ckpt.meta("tokenizer_sha256")
         saved = [p for p in saved if p.is_file() and (not recorded or _file_sha(p) == str(recorded))] or saved
     tokenizer, notice = prepare_tokenizer(cfg.data, saved_candidates=saved)
     if notice:
         notes.append(notice)
     if resume_ckpt is not None:
         check_tokenizer(resume_ckpt, tokenizer.sha256(), tokenizer.name)
+    if init_ckpt is not None:
+        check_extends_tokenizer(init_ckpt, tokenizer)
+
+    chat_template = None
+    extra_meta: dict[str, Any] = {}
+    if is_chat_data(cfg.data):
+        recorded_templates = [recorded_chat_template(c) for c in (resume_ckpt, init_ckpt) if c is not None]
+        chat_template, where = resolve_chat_template(cfg.data, *recorded_templates)
+        added = add_chat_tokens(tokenizer, chat_template)
+        notes.append(f"chat data: template {where}; loss on {'every token' if cfg.data.train_on_prompt else 'the assistant tokens'}"
+                     f"{f'; added special token(s) {chr(44).join(added)} to the tokenizer (vocab {tokenizer.vocab_size})' if added else ''}")
+        extra_meta[CHAT_TEMPLATE_KEY] = chat_template.to_dict()
+    if init_ckpt is not None:
+        extra_meta["init_from"] = str(init_ckpt.path)
+    for key in ("init_from", GROWTH_KEY):  # a resumed run keeps the record of where it started
+        if resume_ckpt is not None and resume_ckpt.metadata.get(key) is not None:
+            extra_meta[key] = resume_ckpt.meta(key)
 
     data = open_training_data(cfg.data, tokenizer, seed=tcfg.seed, rank=dist_info.rank,
-                              world_size=dist_info.world_size, on_warning=observer.on_message)
+                              world_size=dist_info.world_size, on_warning=observer.on_message,
+                              chat_template=chat_template)
     notes.extend(data.notes)
     vocab_size = cfg.data.vocab_size or tokenizer.vocab_size
     if vocab_size < tokenizer.vocab_size:
@@ -223,6 +278,13 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
             f"--vocab-size {vocab_size} is smaller than the tokenizer's vocabulary ({tokenizer.vocab_size}); "
             f"token ids would not fit the embedding. Use 0 (the tokenizer's size) or a larger value")
     model_config = cfg.model.build(vocab_size)
+    if init_ckpt is not None:  # the architecture is the checkpoint's; the vocabulary grows with added tokens
+        cfg.model.model_size = str(init_ckpt.meta("model_size", cfg.model.model_size))  # recorded as the base's
+        vocab_size = max(vocab_size, init_ckpt.config.vocab_size)
+        model_config = dataclasses.replace(init_ckpt.config, vocab_size=vocab_size, gradient_checkpointing=(
+            init_ckpt.config.gradient_checkpointing or cfg.model.gradient_checkpointing))
+    elif tcfg.init_from and resume_ckpt is not None:  # resuming a run that started --init-from
+        vocab_size, model_config = resume_ckpt.config.vocab_size, resume_ckpt.config
     if tcfg.metacog_only and resume_ckpt is not None:  # the frozen model is the checkpoint's, whatever the flags
         model_config, vocab_size = resume_ckpt.config, resume_ckpt.config.vocab_size
     if resume_ckpt is not None and resume_ckpt.config.to_dict() != model_config.to_dict():
@@ -237,6 +299,15 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
     model = build_model(model_config, tcfg.seed)
     if resume_ckpt is not None:
         model.load_exported_state_dict(resume_ckpt.state_dict)
+    elif init_ckpt is not None:
+        weights, growth = grow_vocabulary(init_ckpt.state_dict, model_config.vocab_size)
+        model.load_exported_state_dict(weights)
+        notes.append(f"weights from {init_ckpt.path} (fresh optimizer, schedule and data order)")
+        if growth is not None:
+            growth["tokens"] = [tokenizer.tokenizer.id_to_token(i)
+                                for i in range(growth["from"], min(growth["to"], tokenizer.vocab_size))]
+            extra_meta[GROWTH_KEY] = growth
+            notes.append(f"embedding grown from {growth['from']} to {growth['to']} rows (new rows: {growth['init']})")
     model.to(dist_info.device)
     head = None
     if tcfg.metacog or tcfg.metacog_only:
@@ -247,7 +318,10 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
             notes.append("metacog-only: the model is frozen, only the meta head trains")
 
     val_windows = data.val_windows
-    if cfg.data.val_dataset:
+    if cfg.data.val_dataset and chat_template is not None:  # held-out conversations: the same mask as training
+        val_windows = open_chat_validation(cfg.data, cfg.data.val_dataset, tokenizer, chat_template,
+                                           on_warning=observer.on_message)
+    elif cfg.data.val_dataset:
         val_windows = TokenWindows(load_tokens(cfg.data.val_dataset, cfg.data, tokenizer,
                                                on_warning=observer.on_message), cfg.data.seq_len)
 
@@ -285,7 +359,7 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
     run = TrainingRun(cfg=cfg, dist=dist_info, dtype=dtype, model_config=model_config, model=model, step_fn=step_fn,
                       optimizer=optimizer, loader=data.loader, checkpointer=checkpointer, log=log,
                       val_windows=val_windows, tokenizer=tokenizer, num_train_tokens=data.num_tokens, notes=notes,
-                      step=start_step)
+                      step=start_step, extra_meta=extra_meta)
     return run, resume_state
 
 

@@ -14,6 +14,8 @@
 
 ``<name>.idx``: ``num_sequences + 1`` little-endian u64 *token* offsets, ``0 ... total_tokens``.
 ``<name>.meta.json`` (Vesper only, optional): tokenizer (its sha256 and tokenizer.json), source, dates.
+``<name>.mask`` (Vesper chat caches only): one byte per token, 1 where the loss covers it (assistant
+tokens), so the token file stays byte-compatible; the sidecar's ``chat`` entry records the template.
 """
 
 from __future__ import annotations
@@ -93,6 +95,10 @@ def choose_token_bytes(vocab_size: int, layout: str) -> tuple[int, int]:
 
 def idx_path(bin_path: Path | str) -> Path:
     return Path(bin_path).with_suffix(".idx")
+
+
+def mask_path(bin_path: Path | str) -> Path:
+    return Path(bin_path).with_suffix(".mask")
 
 
 def sidecar_path(bin_path: Path | str) -> Path:

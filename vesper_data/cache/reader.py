@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vesper_core.errors import CacheFormatError, DataError
-from vesper_data.cache.format import HEADER_SIZE, IDX_DTYPE, CacheHeader, idx_path, sidecar_path
+from vesper_data.cache.format import HEADER_SIZE, IDX_DTYPE, CacheHeader, idx_path, mask_path, sidecar_path
 
 SCAN_TOKENS = 1 << 24  # tokens per block when scanning ids against the vocabulary
 
@@ -82,6 +82,20 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
     return data
 
 
+def read_mask(path: Path, header: CacheHeader, sidecar: dict[str, Any] | None) -> np.ndarray | None:
+    """A chat cache's loss mask (memory-mapped), checked against the header; None for a text cache."""
+    if not (sidecar or {}).get("chat"):
+        return None
+    mask = mask_path(path)
+    if not mask.is_file():
+        raise CacheFormatError(f"{path.name} is a chat cache but its loss mask {mask.name} is missing; "
+                               f"rebuild it with `vesper cache build --format chat`")
+    if mask.stat().st_size != header.total_tokens:
+        raise CacheFormatError(f"{mask} has {mask.stat().st_size} bytes but {path.name} holds {header.total_tokens} "
+                               f"tokens (one mask byte each); rebuild the cache")
+    return np.memmap(mask, dtype=np.uint8, mode="r", shape=(header.total_tokens,))
+
+
 @dataclass
 class TokenCache:
     path: Path
@@ -89,6 +103,11 @@ class TokenCache:
     offsets: np.ndarray  # (num_sequences + 1,) u64 token offsets
     tokens: np.ndarray  # (total_tokens,) memmap, uint16 or uint32
     sidecar: dict[str, Any] | None
+    mask: np.ndarray | None = None  # (total_tokens,) uint8 memmap of a chat cache: 1 = in the loss
+
+    @property
+    def is_chat(self) -> bool:
+        return bool((self.sidecar or {}).get("chat"))
 
     @classmethod
     def open(cls, path: str | Path, *, on_warning: Callable[[str], None] | None = None) -> "TokenCache":
@@ -98,7 +117,8 @@ class TokenCache:
             raise DataError(f"{path} holds no tokens; rebuild it from a non-empty dataset")
         offsets = read_offsets(path, header, on_warning)
         tokens = np.memmap(path, dtype=header.dtype, mode="r", offset=HEADER_SIZE, shape=(header.total_tokens,))
-        return cls(path, header, offsets, tokens, read_sidecar(path))
+        sidecar = read_sidecar(path)
+        return cls(path, header, offsets, tokens, sidecar, read_mask(path, header, sidecar))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -24,7 +24,7 @@ import numpy as np
 from vesper_core import __version__
 from vesper_core.errors import DataError
 from vesper_data.cache.format import (HEADER_SIZE, IDX_DTYPE, CacheHeader, cache_name, choose_token_bytes,
-                                      idx_path, sidecar_path)
+                                      idx_path, mask_path, sidecar_path)
 
 WRITE_BUFFER = 1 << 20
 Progress = Callable[[int, int], None]  # (bytes of text tokenized, tokens written)
@@ -47,7 +47,8 @@ def _fsync(path: Path) -> None:
 class CacheWriter:
     """Append documents to a new cache at ``bin_path`` (its .idx and sidecar beside it)."""
 
-    def __init__(self, bin_path: Path | str, *, vocab_size: int, max_seq_len: int, layout: str = "auto"):
+    def __init__(self, bin_path: Path | str, *, vocab_size: int, max_seq_len: int, layout: str = "auto",
+                 with_mask: bool = False):
         self.bin_path = Path(bin_path)
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
@@ -60,12 +61,16 @@ class CacheWriter:
         self._tmp_idx = _temp(idx_path(self.bin_path))
         self._bin = open(self._tmp_bin, "wb", buffering=WRITE_BUFFER)
         self._idx = open(self._tmp_idx, "wb", buffering=WRITE_BUFFER)
+        self._tmp_mask = _temp(mask_path(self.bin_path)) if with_mask else None
+        self._mask = open(self._tmp_mask, "wb", buffering=WRITE_BUFFER) if with_mask else None
         self._bin.write(bytes(HEADER_SIZE))  # placeholder, rewritten by commit()
         self._idx.write(np.zeros(1, IDX_DTYPE).tobytes())  # offsets start at 0
 
     # -- appending -----------------------------------------------------------------------
-    def append(self, ids: np.ndarray) -> None:
-        """Tokens continuing the current document. Ids must be < vocab_size."""
+    def append(self, ids: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Tokens continuing the current document (and, for a chat cache, their loss mask). Ids must be < vocab_size."""
+        if (mask is None) != (self._mask is None) or (mask is not None and len(mask) != len(ids)):
+            raise DataError("a chat cache needs one mask byte per token (and a text cache none)")
         if not len(ids):
             return
         top = int(ids.max())
@@ -73,6 +78,8 @@ class CacheWriter:
             raise DataError(f"token id {top} is >= the vocabulary size {self.vocab_size}; the tokenizer and "
                             f"--vocab-size disagree")
         ids.astype(self.dtype, copy=False).tofile(self._bin)
+        if mask is not None:
+            np.asarray(mask, np.uint8).tofile(self._mask)
         self.total_tokens += len(ids)
         self._doc_tokens += len(ids)
 
@@ -100,7 +107,9 @@ class CacheWriter:
         header = self.header
         self._bin.seek(0)
         self._bin.write(header.pack())
-        for fh in (self._bin, self._idx):
+        for fh in (self._bin, self._idx, self._mask):
+            if fh is None:
+                continue
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()
@@ -111,6 +120,8 @@ class CacheWriter:
                 tmp_meta.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
                 _fsync(tmp_meta)
             os.replace(self._tmp_idx, idx_path(self.bin_path))
+            if self._tmp_mask is not None:
+                os.replace(self._tmp_mask, mask_path(self.bin_path))
             if tmp_meta is not None:
                 os.replace(tmp_meta, sidecar_path(self.bin_path))
             os.replace(self._tmp_bin, self.bin_path)  # last: a .bin under its name means a whole cache
@@ -126,10 +137,12 @@ class CacheWriter:
 
     def abort(self) -> None:
         """Close and delete the temp files (no-op for those already renamed)."""
-        for fh in (self._bin, self._idx):
-            fh.close()
-        for tmp in (self._tmp_bin, self._tmp_idx):
-            tmp.unlink(missing_ok=True)
+        for fh in (self._bin, self._idx, self._mask):
+            if fh is not None:
+                fh.close()
+        for tmp in (self._tmp_bin, self._tmp_idx, self._tmp_mask):
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "CacheWriter":
         return self

@@ -46,6 +46,18 @@ class VesperTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
+    def add_special_tokens(self, tokens) -> list[str]:
+        """Add the ``tokens`` this tokenizer lacks as special tokens (ids after the current vocabulary).
+
+        Returns the tokens added, in id order; the vocabulary size (and EOS) are updated.
+        """
+        missing = [t for t in dict.fromkeys(tokens) if t and self.tokenizer.token_to_id(t) is None]
+        if missing:
+            self.tokenizer.add_special_tokens(missing)
+            self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+            self.eos_id = self._find_eos()
+        return missing
+
     # -- files ---------------------------------------------------------------------------
     def to_str(self) -> str:
         """The tokenizer.json text."""

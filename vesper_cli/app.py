@@ -57,6 +57,10 @@ def _register_commands() -> None:
 
     app.command("eval", help=eval_cmd.__doc__)(eval_cmd.eval_command)
 
+    from vesper_cli.commands import chat
+
+    app.command("chat", help=chat.__doc__)(chat.chat_command)
+
 
 _register_commands()
 

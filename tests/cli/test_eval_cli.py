@@ -27,6 +27,12 @@ def runs(tmp_path_factory):
                 str(root / "held_out")]) == 0
     assert run(["train", "--dataset", str(root / "train.txt"), "--val-fraction", "0.2", *BASE, "--dtype", "f32",
                 "--max-steps", "6", "--output-dir", str(root / "fraction")]) == 0
+    chats = [{"messages": [{"role": "user", "content": f"what does cat {i} see?"},
+                           {"role": "assistant", "content": f"cat {i} sees the red house."}]} for i in range(40)]
+    (root / "chats.jsonl").write_text("\n".join(map(json.dumps, chats[:32])) + "\n", encoding="utf-8")
+    (root / "chats_val.jsonl").write_text("\n".join(map(json.dumps, chats[32:])) + "\n", encoding="utf-8")
+    assert run(["train", "--dataset", str(root / "chats.jsonl"), "--val-dataset", str(root / "chats_val.jsonl"),
+                *BASE, "--seq-len", "96", "--max-steps", "4", "--output-dir", str(root / "chat")]) == 0
     return root
 
 
@@ -56,8 +62,18 @@ def test_val_fraction_scores_the_held_out_tail_train_used(runs, cli):
     report, _ = _eval_json(cli, "--model", runs / "fraction", "--data", runs / "train.txt", "--val-fraction", "0.2",
                            "--max-batches", "50")
     assert report["perplexity"][0]["loss"] == pytest.approx(_final_val_loss(runs / "fraction"), abs=1e-5)
-    whole, _ = _eval_json(cli, "--model", runs / "fraction", "--data", runs / "train.txt")
-    assert whole["perplexity"][0]["windows"] > report["perplexity"][0]["windows"]
+    whole, _ = _eval_json(cli, "--model", runs / "fraction", "--data", runs / "train.txt", "--max-batches", "20")
+    assert whole["perplexity"][0]["windows"] == 160 > report["perplexity"][0]["windows"]
+
+
+def test_chat_data_uses_the_training_mask(runs, cli):
+    """Held-out conversations: one padded row each, only the assistant tokens scored, as train measured them."""
+    report, _ = _eval_json(cli, "--model", runs / "chat", "--data", runs / "chats_val.jsonl")
+    ppl = report["perplexity"][0]
+    assert ppl["loss"] == pytest.approx(_final_val_loss(runs / "chat"), abs=1e-5)
+    assert ppl["windows"] == 8
+    # scored: each reply "cat N sees the red house." and its end-of-turn token, nothing of the prompt
+    assert ppl["tokens"] == sum(len(f"cat {i} sees the red house.") + 1 for i in range(32, 40))
 
 
 def test_settings_given_override_the_run(runs, cli):

@@ -107,6 +107,7 @@ def test_registered_model_type_loads_a_checkpoint(tiny_gen, local_tasks, tmp_pat
     assert out["results"]["local_mc"]["acc,none"] == pytest.approx(expected["local_mc"]["acc"])
 
 
+@pytest.mark.slow  # an unknown name is looked up among lm-eval's built-in tasks: indexing them takes ~10 s
 def test_unknown_task_is_one_clear_error(tiny_gen, local_tasks):
     from vesper_core.errors import ConfigError
     from vesper_cli.engine.lm_eval_adapter import VesperEvalLM, run_lm_eval

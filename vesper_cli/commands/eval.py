@@ -80,6 +80,7 @@ def eval_command(
     include_path: Optional[str] = config_option(E, "include_path"),
     format: Optional[str] = config_option(E, "format", "--format"),
     text_field: Optional[str] = config_option(E, "text_field"),
+    chat_template: Optional[str] = config_option(E, "chat_template"),
     seq_len: Optional[int] = config_option(E, "seq_len"),
     batch_size: Optional[int] = config_option(E, "batch_size"),
     max_batches: Optional[int] = config_option(E, "max_batches"),
@@ -96,7 +97,8 @@ def eval_command(
 
     cfg = EvalConfig(model=model, data=tuple(data or ()), tasks=tuple(tasks or ()),
                      lm_eval_tasks=tuple(lm_eval_tasks or ()),
-                     **given(include_path=include_path, format=format, text_field=text_field, seq_len=seq_len,
+                     **given(include_path=include_path, format=format, text_field=text_field, chat_template=chat_template,
+                             seq_len=seq_len,
                              batch_size=batch_size, max_batches=max_batches, val_fraction=val_fraction, dtype=dtype,
                              max_tokens=max_tokens, limit=limit, num_fewshot=num_fewshot, tokenizer=tokenizer,
                              device=device))

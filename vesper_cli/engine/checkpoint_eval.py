@@ -35,9 +35,11 @@ class EvalConfig:
     include_path: str | None = None
     """Folder of extra lm-eval task YAMLs (local tasks)."""
     format: str = "auto"
-    """Format of --data: auto (by extension) | text | jsonl | squad."""
+    """Format of --data: auto (by extension and first record) | text | jsonl | squad | chat."""
     text_field: str = "text"
     """JSONL field holding the document in --data."""
+    chat_template: str | None = None
+    """Conversations in --data: the chat template (default: the one the checkpoint was fine-tuned with, else ChatML)."""
     seq_len: int | None = None
     """Tokens per perplexity window (default: the run's --seq-len, else the model's context)."""
     batch_size: int | None = None
@@ -105,6 +107,10 @@ def evaluate_checkpoint(cfg: EvalConfig, on_message: Callable[[str], None] | Non
     say = on_message or (lambda _m: None)
     for path in cfg.data:  # fail on a bad input before the checkpoint is loaded
         check_source(path, detect_format(path, cfg.format))
+    if cfg.chat_template:
+        from vesper_data.chat import load_chat_template
+
+        load_chat_template(cfg.chat_template)
     task_files = [read_task_file(path, limit=cfg.limit) for path in cfg.tasks]
     if cfg.lm_eval_tasks:
         from vesper_cli.engine.lm_eval_adapter import require_lm_eval
@@ -118,7 +124,7 @@ def evaluate_checkpoint(cfg: EvalConfig, on_message: Callable[[str], None] | Non
 
     settings = WindowSettings(seq_len=cfg.seq_len, batch_size=cfg.batch_size, dtype=cfg.dtype,
                               max_batches=cfg.max_batches, val_fraction=cfg.val_fraction, format=cfg.format,
-                              text_field=cfg.text_field).resolve(gen.checkpoint)
+                              text_field=cfg.text_field, chat_template=cfg.chat_template).resolve(gen.checkpoint)
     for path in cfg.data:
         say(f"perplexity of {path} (seq_len {settings.seq_len}, batch {settings.batch_size}, {settings.dtype})")
         report.perplexity.append(file_perplexity(path, gen, settings, on_warning=say))

@@ -116,3 +116,12 @@ def test_unknown_task_is_one_clear_error(tiny_gen, local_tasks):
     lm = VesperEvalLM.from_generator(tiny_gen)
     with pytest.raises(ConfigError, match="unknown lm-eval task\\(s\\) no_such_task_xyz"):
         run_lm_eval(lm, ["no_such_task_xyz"], include_path=str(folder))
+
+
+def test_apply_chat_template_renders_the_default_template(tiny_gen):
+    from vesper_cli.engine.lm_eval_adapter import VesperEvalLM
+
+    lm = VesperEvalLM.from_generator(tiny_gen)
+    text = lm.apply_chat_template([{"role": "user", "content": "2+2?"}])
+    assert text == "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+    assert "im_start" in lm.chat_template(True) and lm.chat_template(False) == ""

@@ -45,9 +45,9 @@ class EvalConfig:
     batch_size: int | None = None
     """Sequences per forward pass (default: the run's --batch-size, else 8)."""
     max_batches: int = 0
-    """Perplexity over the first N batches of each file only (train's --eval-batches), 0 = the whole file."""
+    """Perplexity over the first N batches of each file only (as train's eval_batches setting), 0 = the whole file."""
     val_fraction: float = 0.0
-    """Score only the last fraction of each --data file: the held-out tail of `train --val-fraction`."""
+    """Score only the last fraction of each --data file: the tail that train's val_fraction setting held out."""
     dtype: str | None = None
     """f32 | bf16 | f16 autocast (default: the dtype the checkpoint was trained with)."""
     max_tokens: int = 32

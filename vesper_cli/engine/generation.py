@@ -168,7 +168,7 @@ class Completion:
     sample: int
     text: str  # the new text only (the prompt is not repeated)
     num_tokens: int
-    stopped_by: str  # "eos" | "stop" | "max_tokens"
+    stopped_by: str  # "eos" | "stop" | "stop_token" | "max_tokens"
 
 
 def _stats(num_tokens: int, seconds: float, stopped_by: str) -> dict:

@@ -86,6 +86,23 @@ class VesperEvalLM(LM):
     def tokenizer_name(self) -> str:
         return self.gen.tokenizer.name
 
+    # -- chat (lm-eval's --apply_chat_template) --------------------------------------------------------
+    @property
+    def _template(self):
+        from vesper_data.chat import load_chat_template
+
+        if not hasattr(self, "_chat_template"):
+            self._chat_template = load_chat_template(self.gen.checkpoint.path if self.gen.checkpoint else None)
+        return self._chat_template
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return self._template.source if chat_template else ""
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The checkpoint's chat template (else ChatML) over lm-eval's few-shot turns; its special tokens are
+        kept as text, and the tokenizer maps them back to their ids."""
+        return self._template.render(chat_history, add_generation_prompt=add_generation_prompt)
+
     # -- the three request types -------------------------------------------------------------------
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         scored = self.scorer.loglikelihood([r.args for r in requests])

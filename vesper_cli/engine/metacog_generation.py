@@ -32,7 +32,7 @@ class Piece:
 class MetacogSummary:
     tokens: int = 0
     resampled: int = 0  # tokens that came from a re-drawn span
-    stop_reason: str = "max_tokens"  # eos | stop | satisficed | termination | max_tokens
+    stop_reason: str = "max_tokens"  # eos | stop | stop_token | satisficed | termination | max_tokens
     seconds: float = 0.0
     confidences: list[float] = field(default_factory=list)
 

@@ -19,6 +19,7 @@ TRAIN_FLAGS = {
     "--velvet-rules", "--entropy-signal", "--entropy-target", "--perplexity-target", "--lr-combine",
     "--entropy-adaptive", "--no-entropy-adaptive", "--perplexity-guided", "--no-perplexity-guided", "--sparse-aware",
     "--sparse-params", "--backend", "--hypergradient-rate", "--overwrite", "--tensorboard",
+    "--init-from", "--chat-template", "--train-on-prompt",
 }
 GENERATE_FLAGS = {
     "--model", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",

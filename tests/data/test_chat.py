@@ -196,6 +196,16 @@ def test_windows_pad_each_conversation_and_skip_the_too_long(tmp_path, tok):
         ChatWindows(examples, 8)
 
 
+def test_val_fraction_holds_out_the_last_conversations(tmp_path, tok):
+    examples = load_chat_examples([str(write_chat(tmp_path / "c.jsonl", 10))], default_template(), tok)
+    train, val = examples.split(0.2)
+    assert len(train) == 8 and len(val) == 2
+    assert np.array_equal(val.tokens, examples.tokens[int(examples.offsets[8]):])
+    assert np.array_equal(val.example(1)[0], examples.example(9)[0]) and val.offsets[0] == 0
+    with pytest.raises(DataError, match="holds out 0 of 10"):
+        examples.split(0.05)
+
+
 def test_masked_loss_equals_a_hand_computation(tmp_path, tok):
     examples = load_chat_examples([str(write_chat(tmp_path / "c.jsonl", 6))], default_template(), tok)
     windows = ChatWindows(examples, 64, pad_id=tok.eos_id)
@@ -237,6 +247,11 @@ def test_chat_cache_round_trips_tokens_and_mask(tmp_path, tok):
     b = ChatWindows(memory, 96).get_batch([0, 3, 9])
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert len(TokenWindows(cache.tokens, 16)) > 0  # the token file is still an ordinary VSPR cache
+    from vesper_data.cache import cache_info
+
+    info = cache_info(built.bin_path)
+    assert info["chat_template"] == "chatml" and info["mask"] == "chat.mask"
+    assert sum(info["skipped_conversations"].values()) == 6
     (tmp_path / "cache" / "chat.mask").write_bytes(b"\x01" * 5)
     with pytest.raises(CacheFormatError, match="one mask byte each"):
         TokenCache.open(built.bin_path)

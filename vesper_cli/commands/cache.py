@@ -66,7 +66,8 @@ def build_command(
     layout: str = Opt("auto", "--layout", help="Cache layout: auto | compact (uint16 tokens when the vocabulary "
                                                  "fits, VSPR v2) | v1 (Rust-compatible u32)."),
     format: str = Opt("auto", "--format", "--input-format",
-                      help="Dataset format, as in `vesper train`: auto (by extension) | text | jsonl | squad | hf."),
+                      help="Dataset format, as in `vesper train`: auto (by extension and first record) | text | "
+                           "jsonl | squad | hf | chat."),
     text_field: str = Opt("text", help="JSONL / HF column holding the text."),
     chat_template: str = Opt("default", help="Chat data (--format chat, or autodetected): default (ChatML) | a "
                                              "tokenizer folder, tokenizer_config.json or .jinja file."),

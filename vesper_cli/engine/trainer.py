@@ -255,12 +255,20 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
 
     chat_template = None
     extra_meta: dict[str, Any] = {}
-    if is_chat_data(cfg.data):
+    chat = is_chat_data(cfg.data)
+    if not chat and (cfg.data.train_on_prompt or cfg.data.chat_template != "auto"):
+        flag = "--train-on-prompt" if cfg.data.train_on_prompt else "--chat-template"
+        raise ConfigError(f"{flag} applies to conversation data; {cfg.data.cache or cfg.data.dataset} is not read as "
+                          f"conversations (pass --format chat, or a chat cache)")
+    if chat:
         recorded_templates = [recorded_chat_template(c) for c in (resume_ckpt, init_ckpt) if c is not None]
         chat_template, where = resolve_chat_template(cfg.data, *recorded_templates)
         added = add_chat_tokens(tokenizer, chat_template)
-        notes.append(f"chat data: template {where}; loss on {'every token' if cfg.data.train_on_prompt else 'the assistant tokens'}"
-                     f"{f'; added special token(s) {chr(44).join(added)} to the tokenizer (vocab {tokenizer.vocab_size})' if added else ''}")
+        covered = "every token" if cfg.data.train_on_prompt else "the assistant tokens"
+        note = f"chat data: template {where}; loss on {covered}"
+        if added:
+            note += f"; added special token(s) {', '.join(added)} to the tokenizer (vocab {tokenizer.vocab_size})"
+        notes.append(note)
         extra_meta[CHAT_TEMPLATE_KEY] = chat_template.to_dict()
     if init_ckpt is not None:
         extra_meta["init_from"] = str(init_ckpt.path)

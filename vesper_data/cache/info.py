@@ -34,4 +34,8 @@ def cache_info(path: str | Path, *, on_warning: Callable[[str], None] | None = N
         info.update(tokenizer=tok.get("name"), tokenizer_sha256=tok.get("sha256"),
                     source=source.get("datasets"), source_format=source.get("format"),
                     created_at=sidecar.get("created_at"), vesper_version=sidecar.get("vesper_version"))
+        chat = sidecar.get("chat")
+        if isinstance(chat, dict):  # a chat cache: its template and loss mask (vesper_data.chat.cache)
+            info.update(chat_template=(chat.get("template") or {}).get("name"), mask=chat.get("mask"),
+                        skipped_conversations=chat.get("skipped"))
     return info

@@ -86,7 +86,7 @@ def _text(value: Any, where: str) -> str:
 
 def _turns(items: Any, role_key: str, content_key: str, roles: dict[str, str], shape: str) -> list[Message]:
     if not isinstance(items, list) or not items:
-        raise BadRecord(f"no {shape} turns")
+        raise BadRecord("no turns", f"{shape} is empty or not a list")
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):

@@ -51,14 +51,21 @@ def _raise_exception(message: str):
     raise TemplateError(message)
 
 
+def _strftime_now(fmt: str) -> str:
+    from datetime import datetime
+
+    return datetime.now().strftime(fmt)
+
+
 def _compile(source: str, name: str):
     try:
         from jinja2 import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError:  # jinja2 comes with torch; a broken environment gets one line
-        raise ConfigError("chat templates need jinja2: pip install jinja2") from None
+        raise ConfigError("chat templates need jinja2: pip install 'vesper[chat]'") from None
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
     env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now  # used by some Hugging Face templates for today's date
     try:
         return env.from_string(source)
     except TemplateError as exc:
@@ -229,6 +236,17 @@ def _from_checkpoint(path: Path) -> ChatTemplate | None:
         raise ConfigError(f"the chat template recorded in {path} is not valid JSON") from None
 
 
+def _step_and_time(path: Path) -> tuple[int, float]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            step = int((f.metadata() or {}).get("step", 0))
+    except Exception:  # unreadable: ranked last, reported if chosen
+        step = -1
+    return step, path.stat().st_mtime
+
+
 def load_chat_template(source: str | Path | None = None) -> ChatTemplate:
     """The chat template of ``source``, else the documented default.
 
@@ -254,10 +272,8 @@ def _load(source: str | Path | None) -> ChatTemplate:
         if found is not None:
             return found
         checkpoints = [p for p in path.glob("checkpoint-*.safetensors") if ".state." not in p.name]
-        if checkpoints:
-            from vesper_core.checkpoint import newest_checkpoint
-
-            return _from_checkpoint(newest_checkpoint(path)) or default_template()
+        if checkpoints:  # a run folder: the newest checkpoint (highest step, final last when steps tie)
+            return _from_checkpoint(max(checkpoints, key=_step_and_time)) or default_template()
         return default_template()
     if path.suffix == ".safetensors":
         return _from_checkpoint(path) or default_template()

@@ -16,6 +16,7 @@ SLOW_MODULES = {
     "tests/cli/test_run_life_cli.py",
     "tests/cli/test_train_generate.py",
     "tests/cli/test_generate_more.py",
+    "tests/cli/test_eval_cli.py",
     "tests/train/test_distributed.py",
     "tests/train/test_survival.py",
     "tests/train/test_resume.py",

@@ -39,34 +39,28 @@ def root(
 
 
 def _register_commands() -> None:
-    from vesper_cli.commands import benchmark, generate, merge, plot, plugins, train
+    from vesper_cli.commands import (benchmark, cache, chat, data, env, eval as eval_cmd, export, generate, merge,
+                                     metacog, plot, plugins, scale, serve, studio, tokenizer, train)
 
+    # train and study
     app.command("train", help=train.__doc__)(train.train_command)
     app.command("benchmark", help=benchmark.__doc__)(benchmark.benchmark_command)
-    app.command("generate", help=generate.__doc__)(generate.generate_command)
+    app.command("eval", help=eval_cmd.__doc__)(eval_cmd.eval_command)
     app.command("plot", help=plot.__doc__)(plot.plot_command)
-    app.command("plugins", help=plugins.__doc__)(plugins.plugins_command)
-    app.command("merge", help=merge.__doc__)(merge.merge_command)
-
-    from vesper_cli.commands import serve
-
+    # use a model
+    app.command("generate", help=generate.__doc__)(generate.generate_command)
+    app.command("chat", help=chat.__doc__)(chat.chat_command)
     app.command("serve", help=serve.__doc__)(serve.serve_command)
-
-    from vesper_cli.commands import export
-
+    app.command("merge", help=merge.__doc__)(merge.merge_command)
     app.command("export", help=export.__doc__)(export.export_command)
-
-    from vesper_cli.commands import cache, metacog, tokenizer
-
+    # data, sizes, the machine, the web app
     app.add_typer(cache.cache_app, name="cache", help=cache.__doc__)
     app.add_typer(tokenizer.tokenizer_app, name="tokenizer", help=tokenizer.__doc__)
-    app.add_typer(metacog.metacog_app, name="metacog", help=metacog.__doc__)
-
-    from vesper_cli.commands import data, env, scale, studio
-
     app.add_typer(data.data_app, name="data", help=data.__doc__)
     app.command("scale", help=scale.__doc__)(scale.scale_command)
+    app.add_typer(metacog.metacog_app, name="metacog", help=metacog.__doc__)
     app.command("env", help=env.__doc__)(env.env_command)
+    app.command("plugins", help=plugins.__doc__)(plugins.plugins_command)
     app.command("studio", help=studio.__doc__)(studio.studio_command)
 
 

@@ -40,6 +40,16 @@ PLOT_FLAGS = {"--output"}
 MERGE_FLAGS = {"--model", "--output", "--overwrite"}
 EXPORT_FLAGS = {"--model", "--format", "--output", "--overwrite", "--tokenizer", "--verify", "--no-verify", "--tolerance",
                 "--opset"}
+EVAL_FLAGS = {
+    "--model", "--data", "--tasks", "--lm-eval-tasks", "--include-path", "--format", "--text-field", "--chat-template",
+    "--seq-len", "--batch-size", "--max-batches", "--val-fraction", "--dtype", "--max-tokens", "--limit",
+    "--num-fewshot", "--tokenizer", "--device", "--json",
+}
+CHAT_FLAGS = {
+    "--model", "--system", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty", "--seed",
+    "--stop", "--chat-template", "--tokenizer", "--device", "--metacog", "--confidence-threshold",
+    "--regulation-threshold",
+}
 
 
 def _flags(help_text: str) -> set[str]:
@@ -49,7 +59,7 @@ def _flags(help_text: str) -> set[str]:
 def test_help_lists_commands(cli):
     code, out, _ = cli("--help")
     assert code == 0
-    for command in ("train", "benchmark", "generate", "plot", "plugins", "merge", "export"):
+    for command in ("train", "benchmark", "generate", "plot", "plugins", "merge", "export", "eval", "chat"):
         assert re.search(rf"^\s*{command}\b", out, re.M), command
 
 
@@ -60,7 +70,8 @@ def test_version(cli):
 
 @pytest.mark.parametrize("command,expected", [("train", TRAIN_FLAGS), ("generate", GENERATE_FLAGS),
                                               ("benchmark", BENCHMARK_FLAGS), ("plot", PLOT_FLAGS),
-                                              ("merge", MERGE_FLAGS), ("export", EXPORT_FLAGS)])
+                                              ("merge", MERGE_FLAGS), ("export", EXPORT_FLAGS),
+                                              ("eval", EVAL_FLAGS), ("chat", CHAT_FLAGS)])
 def test_command_flags_snapshot(cli, command, expected):
     code, out, _ = cli(command, "--help")
     assert code == 0

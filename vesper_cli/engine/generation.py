@@ -84,11 +84,13 @@ class Generator:
             return None
         return torch.Generator(device=self.device).manual_seed(sampling.seed)
 
-    def _tokens(self, ids: torch.Tensor, sampling: SamplingConfig, gen: torch.Generator | None):
+    def _tokens(self, ids: torch.Tensor, sampling: SamplingConfig, gen: torch.Generator | None,
+                stop_token_ids: Sequence[int] = ()):
         return generate_tokens(
             self.model, ids, max_new_tokens=sampling.max_tokens, temperature=sampling.temperature,
             top_k=sampling.top_k, top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,
-            eos_token_id=self.tokenizer.eos_id if sampling.stop_at_eos else None, generator=gen,
+            eos_token_id=self.tokenizer.eos_id if sampling.stop_at_eos else None, stop_ids=stop_token_ids or None,
+            generator=gen,
         )
 
     def stream(self, prompt: str, sampling: SamplingConfig,
@@ -99,11 +101,22 @@ class Generator:
         ``generator`` (default: a new one from ``sampling.seed``) lets several calls share one stream
         of random numbers. ``self.stats`` holds new_tokens, seconds, tokens_per_sec and stopped_by.
         """
-        ids = torch.tensor([self._ids(prompt, sampling.max_tokens)], dtype=torch.long, device=self.device)
+        yield from self.stream_ids(self._ids(prompt, sampling.max_tokens), sampling, generator)
+
+    def stream_ids(self, prompt_ids: Sequence[int], sampling: SamplingConfig,
+                   generator: torch.Generator | None = None, *,
+                   stop_token_ids: Sequence[int] = ()) -> Iterator[str]:
+        """``stream`` for a prompt that is already token ids (a chat template's, a truncated context).
+
+        Generation also ends at any of ``stop_token_ids`` (an end-of-turn token: never emitted;
+        ``stats["stopped_by"]`` is then ``"stop_token"``). The caller keeps ``prompt_ids`` plus
+        ``sampling.max_tokens`` within the model's context.
+        """
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)  # (1, T)
         gen = generator if generator is not None else self._generator(sampling)
-        row = _Row(self.tokenizer, sampling)
+        row = _Row(self.tokenizer, sampling, stop_token_ids)
         start = time.perf_counter()
-        for token in self._tokens(ids, sampling, gen):
+        for token in self._tokens(ids, sampling, gen, stop_token_ids):
             row.add(int(token[0]))
             piece = row.take()
             if piece:
@@ -156,7 +169,7 @@ class Completion:
     sample: int
     text: str  # the new text only (the prompt is not repeated)
     num_tokens: int
-    stopped_by: str  # "eos" | "stop" | "max_tokens"
+    stopped_by: str  # "eos" | "stop" | "stop_token" | "max_tokens"
 
 
 def _stats(num_tokens: int, seconds: float, stopped_by: str) -> dict:
@@ -184,9 +197,10 @@ def held_back(text: str, stops: Sequence[str]) -> int:
 class _Row:
     """One sequence's decoded text: what is safe to emit, and whether it has stopped."""
 
-    def __init__(self, tokenizer: VesperTokenizer, sampling: SamplingConfig):
+    def __init__(self, tokenizer: VesperTokenizer, sampling: SamplingConfig, stop_token_ids: Sequence[int] = ()):
         self.tokenizer = tokenizer
         self.eos_id = tokenizer.eos_id if sampling.stop_at_eos else None
+        self.stop_token_ids = frozenset(stop_token_ids)
         self.stops = sampling.stop
         self.ids: list[int] = []
         self.emitted = ""
@@ -200,6 +214,9 @@ class _Row:
     def add(self, token_id: int) -> None:
         if self.eos_id is not None and token_id == self.eos_id:
             self.stopped_by = "eos"
+            return
+        if token_id in self.stop_token_ids:
+            self.stopped_by = "stop_token"
             return
         self.ids.append(token_id)
         if self.stops:

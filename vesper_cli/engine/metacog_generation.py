@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Collection, Iterator, Mapping, Sequence
 
 import torch
 
@@ -32,7 +32,7 @@ class Piece:
 class MetacogSummary:
     tokens: int = 0
     resampled: int = 0  # tokens that came from a re-drawn span
-    stop_reason: str = "max_tokens"  # eos | stop | satisficed | termination | max_tokens
+    stop_reason: str = "max_tokens"  # eos | stop | stop_token | satisficed | termination | max_tokens
     seconds: float = 0.0
     confidences: list[float] = field(default_factory=list)
 
@@ -48,17 +48,22 @@ class MetacogSummary:
 _REASONS = {"max_new_tokens": "max_tokens"}
 
 
-def metacog_stream(gen: Generator, prompt: str, sampling: SamplingConfig, summary: MetacogSummary,
+def metacog_stream(gen: Generator, prompt: str | None, sampling: SamplingConfig, summary: MetacogSummary,
                    generator: torch.Generator | None = None,
                    overrides: Mapping[str, float] | None = None,
-                   boundary_ids: frozenset[int] | None = None) -> Iterator[Piece]:
+                   boundary_ids: frozenset[int] | None = None, *,
+                   prompt_ids: Sequence[int] | None = None, stop_token_ids: Collection[int] = ()) -> Iterator[Piece]:
     """Yield decoded pieces of one regulated completion of ``prompt``; fills ``summary`` as it goes.
 
     ``overrides`` replace regulator settings of the head's config (e.g. ``confidence_threshold``).
-    ``boundary_ids`` (the tokens that end a span) defaults to ``sentence_ends(gen.tokenizer)``."""
+    ``boundary_ids`` (the tokens that end a span) defaults to ``sentence_ends(gen.tokenizer)``.
+    ``prompt_ids`` replaces ``prompt`` with token ids (a chat template's); the completion also ends at
+    any of ``stop_token_ids`` (an end-of-turn token, never emitted; stop reason ``stop_token``)."""
     head = load_head(gen.checkpoint, gen.device).eval()
     config = head.config.replace(**(overrides or {}))
-    ids = torch.tensor([gen._ids(prompt)], dtype=torch.long, device=gen.device)
+    ids = torch.tensor([list(prompt_ids) if prompt_ids is not None else gen._ids(prompt)], dtype=torch.long,
+                       device=gen.device)
+    stop_tokens = frozenset(stop_token_ids)
     if generator is None and sampling.seed is not None:
         generator = torch.Generator(device=gen.device).manual_seed(sampling.seed)
     eos_id = gen.tokenizer.eos_id if sampling.stop_at_eos else None
@@ -81,6 +86,9 @@ def metacog_stream(gen: Generator, prompt: str, sampling: SamplingConfig, summar
             if event.stop_reason is not None:
                 summary.stop_reason = _REASONS.get(event.stop_reason, event.stop_reason)
             if eos_id is not None and event.token_id == eos_id:
+                break
+            if event.token_id in stop_tokens:
+                summary.stop_reason = "stop_token"
                 break
             tokens.append(event.token_id)
             pending_resampled |= event.resampled

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a server, Chromium and real trainings
 SHOTS = os.environ.get("VESPER_STUDIO_SCREENSHOTS")
@@ -122,23 +121,43 @@ def test_benchmark_to_plots(page, server):
     assert "browser-bench" in page.inner_text("#reports")
 
 
+def _chat_checkpoint(workspace: Path) -> str:
+    """A nano fine-tuned for two steps on conversations (its tokenizer has the chat tokens), workspace-relative."""
+    import json
+
+    from tests.cli.conftest import run_subprocess
+
+    turns = [{"messages": [{"role": "user", "content": f"hello {i}"}, {"role": "assistant", "content": "hi there"}]}
+             for i in range(8)]
+    (workspace / "chat.jsonl").write_text("".join(json.dumps(t) + "\n" for t in turns), encoding="utf-8")
+    common = ("--max-steps", "2", "--seq-len", "48", "--batch-size", "2", "--save-every", "0", "--device", "cpu")
+    for args in (("--dataset", "corpus.txt", "--model-size", "nano", "--output-dir", "runs/chat-base"),
+                 ("--init-from", "runs/chat-base", "--dataset", "chat.jsonl", "--output-dir", "runs/chat-sft")):
+        done = run_subprocess("train", *args, *common, cwd=workspace)
+        assert done.returncode == 0, done.stderr
+    return "runs/chat-sft/checkpoint-final.safetensors"
+
+
 def test_chat(page, server):
     from vesper_cli.studio.features import chat_available
 
-    _, base, _ = server
+    _, base, workspace = server
     page.goto(f"{base}/chat")
     if not chat_available():
         assert "not available in this build" in page.inner_text("#chat-unavailable")
         _shot(page, "chat")
         return
-    page.select_option("#chat-checkpoint", index=0)
+    checkpoint = _chat_checkpoint(workspace)
+    page.reload()
+    page.select_option("#chat-checkpoint", checkpoint)
     page.click("#chat-open")
     page.wait_for_function("document.getElementById('message').textContent.includes('loaded')")
-    for text in ("hello", "and again"):
+    for turn, text in enumerate(("hello", "and again"), start=1):
         page.fill("#chat-input", text)
         page.click("#chat-send")
-        page.wait_for_selector(f".chat-log .assistant:nth-of-type({1 if text == 'hello' else 2})[data-done='1']")
+        page.wait_for_function(f"document.querySelectorAll('.chat-log .assistant[data-done=\"1\"]').length >= {turn}")
     assert page.locator(".chat-log .user").count() == 2
+    assert all(len(reply) > 0 for reply in page.locator(".chat-log .assistant").all_inner_texts())
     _shot(page, "chat")
 
 

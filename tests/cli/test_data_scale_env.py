@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import torch
 
@@ -91,3 +92,13 @@ def test_studio_refuses_bad_settings_before_serving(cli, tmp_path):
     assert code == 1 and "--port" in err
     code, _, err = cli("studio", "--max-jobs", "0")
     assert code == 1 and "--max-jobs" in err
+
+
+def test_env_names_only_extras_that_exist():
+    import tomllib
+
+    from vesper_cli.engine.environment import OPTIONAL_PACKAGES
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    extras = set(pyproject["project"]["optional-dependencies"])
+    assert {extra for _, _, extra in OPTIONAL_PACKAGES} <= extras

@@ -47,7 +47,7 @@ EVAL_FLAGS = {
 }
 CHAT_FLAGS = {
     "--model", "--system", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty", "--seed",
-    "--stop", "--chat-template", "--tokenizer", "--device", "--metacog", "--confidence-threshold",
+    "--stop", "--chat-template", "--tokenizer", "--device", "--dtype", "--metacog", "--confidence-threshold",
     "--regulation-threshold",
 }
 

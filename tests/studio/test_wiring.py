@@ -21,23 +21,33 @@ def _fake_chat_module(with_confidence: bool):
     module = types.ModuleType("vesper_cli.engine.chat")
     module.__spec__ = importlib.machinery.ModuleSpec("vesper_cli.engine.chat", None)
 
-    class ChatSession:
+    class ChatSession:  # the shape of the real one: open_chat(path, sampling=...), stream_reply(_metacog), reset
         opened: list[str] = []
 
         def __init__(self, checkpoint):
             self.checkpoint, self.turns = checkpoint, []
+            self.gen = types.SimpleNamespace(checkpoint=types.SimpleNamespace(has_metacog=with_confidence),
+                                             tokenizer=None)
             ChatSession.opened.append(checkpoint)
 
         def stream_reply(self, user_text):
             self.turns.append(user_text)
             reply = f"turn {len(self.turns)}: {user_text[::-1]}"
             for word in reply.split(" "):
-                yield _Token(word + " ", 0.25) if with_confidence else word + " "
+                yield word + " "
+
+        def stream_reply_metacog(self, user_text, summary, boundary_ids=None):
+            for piece in self.stream_reply(user_text):
+                yield _Token(piece, 0.25)
 
         def reset(self):
             self.turns = []
 
-    module.ChatSession = ChatSession
+    def open_chat(checkpoint, *, sampling):
+        assert sampling.max_tokens == 0  # the chat command's automatic reply length
+        return ChatSession(checkpoint)
+
+    module.ChatSession, module.open_chat = ChatSession, open_chat
     return module
 
 
@@ -53,6 +63,7 @@ def test_chat_streams_multi_turn_through_the_engine(studio, workspace, monkeypat
     for with_confidence in (False, True):
         fake = _fake_chat_module(with_confidence)
         monkeypatch.setitem(sys.modules, "vesper_cli.engine.chat", fake)
+        monkeypatch.setattr("vesper_cli.engine.metacog_generation.sentence_ends", lambda tokenizer: frozenset())
         assert features.chat_available()
         (workspace / "runs" / "r").mkdir(parents=True, exist_ok=True)
         (workspace / "runs" / "r" / "checkpoint-final.safetensors").write_bytes(b"x")

@@ -143,6 +143,7 @@ def chat_command(
                                        "tokenizer_config.json or .jinja file  [default: the checkpoint's]"),
     tokenizer: Optional[str] = Opt(None, help="Override the tokenizer saved with the checkpoint."),
     device: str = Opt("auto", help="auto | cpu | cuda"),
+    dtype: str = Opt("f32", help="Inference precision: f32 | bf16 | f16 | int8 (weight-only int8, needs torchao)."),
     metacog: bool = Opt(False, "--metacog", help="Regulate replies with the checkpoint's meta head (per-token "
                         "confidence, re-sampled low-confidence spans)."),
     confidence_threshold: Optional[float] = Opt(None, help="With --metacog: mean span confidence that satisfices "
@@ -151,13 +152,17 @@ def chat_command(
                                                 "this is re-drawn  [default: the head's, 0.3]"),
 ) -> None:
     from vesper_core.device import resolve_device
+    from vesper_core.errors import ConfigError
+    from vesper_core.precision import parse_inference_dtype
     from vesper_cli.engine.chat import open_chat
     from vesper_cli.engine.generation import SamplingConfig
 
     sampling = SamplingConfig(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()))
+    if metacog and parse_inference_dtype(dtype) != "f32":
+        raise ConfigError(f"--metacog runs the meta head on f32 hidden states; drop --dtype {dtype} (or use f32)")
     session = open_chat(model, sampling=sampling, system=system, chat_template=chat_template, tokenizer=tokenizer,
-                        device=resolve_device(device))
+                        device=resolve_device(device), dtype=dtype)
     settings = _metacog_settings(session, confidence_threshold, regulation_threshold) if metacog else None
     info(f"chatting with {session.gen.checkpoint.path} (template {session.template.name}, context "
          f"{session.window} tokens); {HELP}")

@@ -187,10 +187,11 @@ def _stats(num_tokens: int, seconds: float, stopped_by: str) -> dict[str, Any]:
 
 def open_chat(model_path: str | Path, *, sampling: SamplingConfig, system: str | None = None,
               chat_template: str | None = None, tokenizer: str | None = None,
-              device: torch.device | str = "cpu") -> ChatSession:
+              device: torch.device | str = "cpu", dtype: str = "f32") -> ChatSession:
     """Load a checkpoint and its chat template (``chat_template`` overrides the recorded one);
-    ``sampling.max_tokens`` 0 means 256, or half the context when that is less."""
-    gen = load_generator(model_path, tokenizer=tokenizer, device=device)
+    ``sampling.max_tokens`` 0 means 256, or half the context when that is less; ``dtype`` as
+    :func:`load_generator`'s (f32 | bf16 | f16 | int8)."""
+    gen = load_generator(model_path, tokenizer=tokenizer, device=device, dtype=dtype)
     template = load_chat_template(chat_template or gen.checkpoint.path)
     if sampling.max_tokens == 0:  # auto: room for a reply without crowding out the conversation
         window = gen.model.config.max_position_embeddings

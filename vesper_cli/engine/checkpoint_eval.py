@@ -49,7 +49,7 @@ class EvalConfig:
     val_fraction: float = 0.0
     """Score only the last fraction of each --data file: the tail that train's val_fraction setting held out."""
     dtype: str | None = None
-    """f32 | bf16 | f16 autocast (default: the dtype the checkpoint was trained with)."""
+    """f32 | bf16 | f16 autocast (default: the dtype the checkpoint was trained with), or int8 (weight-only, torchao)."""
     max_tokens: int = 32
     """New tokens at most for a generation task record without its own max_tokens."""
     limit: int = 0
@@ -80,7 +80,7 @@ class EvalConfig:
             raise ConfigError(f"--seq-len must be positive, got {self.seq_len}")
         if self.num_fewshot is not None and self.num_fewshot < 0:
             raise ConfigError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
-        if self.dtype is not None:
+        if self.dtype is not None and self.dtype != "int8":
             parse_dtype(self.dtype)
 
 
@@ -119,15 +119,19 @@ def evaluate_checkpoint(cfg: EvalConfig, on_message: Callable[[str], None] | Non
         if cfg.include_path and not Path(cfg.include_path).is_dir():
             raise ConfigError(f"--include-path {cfg.include_path} is not a folder; pass the folder of task YAMLs")
     device = resolve_device(cfg.device)
-    gen = load_generator(cfg.model, tokenizer=cfg.tokenizer, device=device)
+    int8 = cfg.dtype == "int8"  # int8 changes the weights; the others are the autocast that train evaluates with
+    gen = load_generator(cfg.model, tokenizer=cfg.tokenizer, device=device, dtype="int8" if int8 else "f32")
     report = EvalReport(model=str(gen.checkpoint.path), tokenizer=gen.tokenizer.name, device=str(device))
 
-    settings = WindowSettings(seq_len=cfg.seq_len, batch_size=cfg.batch_size, dtype=cfg.dtype,
+    settings = WindowSettings(seq_len=cfg.seq_len, batch_size=cfg.batch_size, dtype="f32" if int8 else cfg.dtype,
                               max_batches=cfg.max_batches, val_fraction=cfg.val_fraction, format=cfg.format,
                               text_field=cfg.text_field, chat_template=cfg.chat_template).resolve(gen.checkpoint)
     for path in cfg.data:
         say(f"perplexity of {path} (seq_len {settings.seq_len}, batch {settings.batch_size}, {settings.dtype})")
-        report.perplexity.append(file_perplexity(path, gen, settings, on_warning=say))
+        result = file_perplexity(path, gen, settings, on_warning=say)
+        if int8:
+            result.dtype = "int8"
+        report.perplexity.append(result)
 
     autocast = autocast_factory(device, parse_dtype(settings.dtype))
     if task_files:

@@ -17,10 +17,10 @@ OPTIONAL_PACKAGES = (
     ("triton", "triton", "cuda"), ("cupy", "cupy-cuda12x", "cuda"), ("datasets", "datasets", "hf"),
     ("matplotlib", "matplotlib", "plot"), ("wandb", "wandb", "wandb"), ("tensorboard", "tensorboard", "tensorboard"),
     ("lion_pytorch", "lion-pytorch", "lion"), ("schedulefree", "schedulefree", "schedulefree"),
-    ("fastapi", "fastapi", "studio"), ("uvicorn", "uvicorn", "studio"), ("jinja2", "jinja2", "studio"),
-    ("plotly", "plotly", "studio"), ("transformers", "transformers", "hf"), ("onnx", "onnx", "export"),
-    ("onnxruntime", "onnxruntime", "export"), ("lm_eval", "lm-eval", "eval"), ("torchao", "torchao", "quant"),
-    ("playwright", "playwright", "dev"),
+    ("jinja2", "jinja2", "chat"), ("lm_eval", "lm-eval", "lm-eval"), ("torchao", "torchao", "quant"),
+    ("transformers", "transformers", "export"), ("onnx", "onnx", "export"), ("onnxscript", "onnxscript", "export"),
+    ("onnxruntime", "onnxruntime", "export"), ("fastapi", "fastapi", "serve"), ("uvicorn", "uvicorn", "serve"),
+    ("plotly", "plotly", "studio"), ("playwright", "playwright", "dev"),
 )
 
 

@@ -19,23 +19,31 @@ def chat_available() -> bool:
 
 
 def open_chat_session(checkpoint: str) -> Any:
-    """A ``vesper_cli.engine.chat.ChatSession`` for a checkpoint (the engine `vesper chat` uses)."""
+    """A ``vesper_cli.engine.chat.ChatSession`` for a checkpoint: the engine and defaults `vesper chat` uses
+    (its template, temperature 0.8, replies up to 256 tokens or half the context)."""
     chat = importlib.import_module("vesper_cli.engine.chat")
-    session_class = chat.ChatSession
-    for factory in ("from_checkpoint", "load"):
-        if hasattr(session_class, factory):
-            return getattr(session_class, factory)(checkpoint)
-    if hasattr(chat, "load_chat_session"):
-        return chat.load_chat_session(checkpoint)
-    return session_class(checkpoint)
+    from vesper_cli.engine.generation import SamplingConfig
+
+    return chat.open_chat(checkpoint, sampling=SamplingConfig(max_tokens=0, temperature=0.8))
+
+
+def _metacog_stream(session: Any, text: str) -> Iterator[Any] | None:
+    """The meta head's regulated stream (pieces with a confidence) when the checkpoint has a head, else None."""
+    checkpoint = getattr(getattr(session, "gen", None), "checkpoint", None)
+    if checkpoint is None or not checkpoint.has_metacog:
+        return None
+    from vesper_cli.engine.metacog_generation import MetacogSummary, sentence_ends
+
+    return session.stream_reply_metacog(text, MetacogSummary(), boundary_ids=sentence_ends(session.gen.tokenizer))
 
 
 def stream_pieces(session: Any, text: str) -> Iterator[dict]:
     """{"text", "confidence"} per streamed piece; confidence is None without a metacog head."""
-    for piece in session.stream_reply(text):
+    stream = _metacog_stream(session, text)
+    for piece in stream if stream is not None else session.stream_reply(text):
         if isinstance(piece, str):
             yield {"text": piece, "confidence": None}
-        else:  # a token object (text + confidence) when the engine reports the metacog head's estimate
+        else:  # metacog_generation.Piece: text + the meta head's confidence
             confidence = getattr(piece, "confidence", None)
             yield {"text": getattr(piece, "text", str(piece)),
                    "confidence": None if confidence is None else float(confidence)}

@@ -22,7 +22,7 @@ from vesper_data.chat.examples import encode_all, pad_examples
 from vesper_data.chat.formats import BadRecord, SkipCounter, normalize_record
 from vesper_data.chat.template import ChatTemplate
 from vesper_data.sources import check_data_file
-from vesper_data.streaming import SAMPLE_BYTES, StreamingLoader, StreamPosition, _Prefetcher
+from vesper_data.streaming import SAMPLE_BYTES, StreamingLoader, StreamPosition
 
 Example = tuple[np.ndarray, np.ndarray]  # (tokens uint32, mask uint8)
 

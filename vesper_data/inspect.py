@@ -137,7 +137,7 @@ def inspect_dataset(path: str | Path, *, fmt: str = "auto", text_field: str | No
     check_source(path, name)
     size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     report = DatasetReport(str(path), name, size, None, tokenizer=getattr(tokenizer, "name", None))
-    if name == "jsonl":
+    if name == "jsonl" or (name == "chat" and path.suffix == ".jsonl"):
         rows, report.num_records = _jsonl_rows(path, max(num_samples, 100))
         report.columns = sorted({k for r in rows for k in r})
         report.text_column, report.conversation = suggest_text_column(rows)
@@ -164,7 +164,9 @@ def inspect_dataset(path: str | Path, *, fmt: str = "auto", text_field: str | No
     if name in ("jsonl", "hf") and report.text_column is None and report.conversation is None and not text_field:
         raise DataError(f"{path}: no string column to train on (columns: {', '.join(report.columns) or 'none'}); "
                         f"pass a text field")
-    if report.conversation and not text_field and name == "jsonl":
+    if name == "chat":  # what training reads: each conversation through the default chat template
+        docs = read_documents(path, name)
+    elif report.conversation and not text_field and name == "jsonl":
         docs = _exchanges(path, *report.conversation)
     else:
         docs = read_documents(path, name, text_field=field_name)

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from vesper_data.chat import default_template
+
 from vesper_core.errors import DataError
 from vesper_data.download import download_dataset, row_record, write_rows, write_text_budget
 from vesper_data.inspect import inspect_dataset, suggest_text_column
@@ -33,7 +35,8 @@ def test_inspect_jsonl_text_and_exchanges(tmp_path):
     pairs.write_text('{"instruction": "hi", "response": "yo"}\n', encoding="utf-8")
     report = inspect_dataset(pairs)
     assert report.conversation == ("instruction", "response") and report.text_column is None
-    assert report.num_chars == len("User: hi\nAssistant: yo") and report.num_tokens is None
+    rendered = default_template().render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    assert report.num_chars == len(rendered) and report.num_tokens is None  # what training reads: the template
 
 
 def test_inspect_estimates_past_the_budget(tmp_path):

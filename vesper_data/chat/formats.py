@@ -5,7 +5,8 @@ Accepted records (one JSON object per line of a .jsonl, or the items of a JSON a
 * OpenAI ``{"messages": [{"role": ..., "content": ...}, ...]}`` (content may be a list of
   ``{"type": "text", "text": ...}`` parts);
 * ShareGPT ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}``;
-* Alpaca ``{"instruction": ..., "input": ..., "output": ...}`` (optional ``system``): the user turn
+* Alpaca ``{"instruction": ..., "input": ..., "output": ...}`` (``response`` in place of ``output`` too; optional
+  ``system``): the user turn
   is the instruction, then a blank line and the input when there is one;
 * a pair ``{"user": ..., "assistant": ...}`` (optional ``system``).
 
@@ -112,7 +113,9 @@ def normalize_record(obj: Any) -> list[Message]:
         if extra is not None and not isinstance(extra, str):
             raise BadRecord("non-text content", "input")
         user = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
-        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": _text(obj.get("output"), "output")}]
+        answer_key = "output" if "output" in obj or "response" not in obj else "response"  # Dolly-style rows
+        messages = [{"role": "user", "content": user},
+                    {"role": "assistant", "content": _text(obj.get(answer_key), answer_key)}]
     elif "user" in obj and "assistant" in obj:
         messages = [{"role": "user", "content": _text(obj["user"], "user")},
                     {"role": "assistant", "content": _text(obj["assistant"], "assistant")}]

@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import typer
 
+from vesper_cli.commands.options import check_metacog_dtype, inference_dtype_option
 from vesper_cli.output import info
 
 Opt = typer.Option
@@ -143,7 +144,7 @@ def chat_command(
                                        "tokenizer_config.json or .jinja file  [default: the checkpoint's]"),
     tokenizer: Optional[str] = Opt(None, help="Override the tokenizer saved with the checkpoint."),
     device: str = Opt("auto", help="auto | cpu | cuda"),
-    dtype: str = Opt("f32", help="Inference precision: f32 | bf16 | f16 | int8 (weight-only int8, needs torchao)."),
+    dtype: str = inference_dtype_option(),
     metacog: bool = Opt(False, "--metacog", help="Regulate replies with the checkpoint's meta head (per-token "
                         "confidence, re-sampled low-confidence spans)."),
     confidence_threshold: Optional[float] = Opt(None, help="With --metacog: mean span confidence that satisfices "
@@ -152,15 +153,12 @@ def chat_command(
                                                 "this is re-drawn  [default: the head's, 0.3]"),
 ) -> None:
     from vesper_core.device import resolve_device
-    from vesper_core.errors import ConfigError
-    from vesper_core.precision import parse_inference_dtype
     from vesper_cli.engine.chat import open_chat
     from vesper_cli.engine.generation import SamplingConfig
 
     sampling = SamplingConfig(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()))
-    if metacog and parse_inference_dtype(dtype) != "f32":
-        raise ConfigError(f"--metacog runs the meta head on f32 hidden states; drop --dtype {dtype} (or use f32)")
+    check_metacog_dtype(metacog, dtype)
     session = open_chat(model, sampling=sampling, system=system, chat_template=chat_template, tokenizer=tokenizer,
                         device=resolve_device(device), dtype=dtype)
     settings = _metacog_settings(session, confidence_threshold, regulation_threshold) if metacog else None

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, List, Mapping, Optional
 
 import typer
 
+from vesper_cli.commands.options import check_metacog_dtype, inference_dtype_option
 from vesper_cli.output import info
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ def generate_command(
     tokenizer: Optional[str] = Opt(None, help="Override the tokenizer saved with the checkpoint."),
     model_size: Optional[str] = Opt(None, help="Override the config recorded in the checkpoint."),
     device: str = Opt("auto", help="auto | cpu | cuda"),
-    dtype: str = Opt("f32", help="Inference precision: f32 | bf16 | f16 | int8 (weight-only int8, needs torchao)."),
+    dtype: str = inference_dtype_option(),
     metacog: bool = Opt(False, "--metacog", help="Regulate with the checkpoint's meta head: per-token confidence, "
                         "re-sample low-confidence spans, stop when satisficed (with --prompt)."),
     confidence_threshold: Optional[float] = Opt(None, help="With --metacog: mean span confidence that satisfices "
@@ -117,7 +118,6 @@ def generate_command(
     from vesper_cli.engine.generation import SamplingConfig, load_generator
     from vesper_core.device import resolve_device
     from vesper_core.errors import ConfigError
-    from vesper_core.precision import parse_inference_dtype
 
     modes = [name for name, on in (("--prompt", prompt is not None), ("--prompts-file", prompts_file is not None),
                                    ("--interactive", interactive)) if on]
@@ -128,8 +128,7 @@ def generate_command(
         raise ConfigError(f"--num-samples must be positive, got {num_samples}")
     if metacog and prompt is None:
         raise ConfigError("--metacog works with --prompt TEXT (not --prompts-file or --interactive)")
-    if metacog and parse_inference_dtype(dtype) != "f32":
-        raise ConfigError(f"--metacog runs the meta head on f32 hidden states; drop --dtype {dtype} (or use f32)")
+    check_metacog_dtype(metacog, dtype)
     sampling = SamplingConfig(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()))
     prompts = _read_prompts(prompts_file) if prompts_file is not None else None

@@ -71,3 +71,20 @@ def data_option(name: str, *param_decls: str, **kw) -> Any:
 def given(**values: Any) -> dict[str, Any]:
     """The options a user gave (None = not given)."""
     return {k: v for k, v in values.items() if v is not None}
+
+
+INFERENCE_DTYPE_HELP = "Inference precision: f32 | bf16 | f16 | int8 (weight-only int8, needs torchao)."
+
+
+def inference_dtype_option() -> Any:
+    """``--dtype`` of the commands that run a trained model (generate, chat, serve)."""
+    return typer.Option("f32", help=INFERENCE_DTYPE_HELP)
+
+
+def check_metacog_dtype(metacog: bool, dtype: str) -> None:
+    """The meta head reads f32 hidden states: --metacog with another --dtype is one clear line."""
+    from vesper_core.errors import ConfigError
+    from vesper_core.precision import parse_inference_dtype
+
+    if metacog and parse_inference_dtype(dtype) != "f32":
+        raise ConfigError(f"--metacog runs the meta head on f32 hidden states; drop --dtype {dtype} (or use f32)")

@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from vesper_cli.commands.options import inference_dtype_option
 from vesper_cli.output import info
 
 Opt = typer.Option
@@ -56,7 +57,7 @@ def serve_command(
                                  help="Require 'Authorization: Bearer KEY' on /v1 routes (env VESPER_API_KEY)."),
     max_batch_size: int = Opt(8, help="Completions decoded together in shared steps, at most."),
     max_queue: int = Opt(32, help="Requests that may wait for a slot; beyond that the answer is 429."),
-    dtype: str = Opt("f32", help="Inference precision: f32 | bf16 | f16 | int8 (weight-only int8, needs torchao)."),
+    dtype: str = inference_dtype_option(),
     tokenizer: Optional[str] = Opt(None, help="Override the tokenizer saved with the checkpoint."),
     chat_template: Optional[str] = Opt(None, help="Chat template for /v1/chat/completions: 'default', a tokenizer "
                                        "folder, a .jinja file or a checkpoint  [default: the checkpoint's, else ChatML]"),

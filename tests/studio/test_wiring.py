@@ -110,3 +110,21 @@ def test_models_runs_a_registered_command_with_workspace_paths(studio, workspace
     assert client.post("/api/command/export", json=dict(bad, output_name="hf2"), headers=csrf).status_code == 403
     assert client.post("/api/command/merge", json=body, headers=csrf).status_code == 501
     assert client.post("/api/command/train", json=body, headers=csrf).status_code == 404
+
+
+def test_merge_writes_a_checkpoint_file_inside_its_folder(studio, workspace, monkeypatch, tmp_path):
+    client, app = studio
+    csrf = {"X-Vesper-CSRF": app.state.csrf}
+    options = [{"name": "model", "flag": "--model", "is_flag": False, "required": True, "default": None,
+                "help": "", "argument": False},
+               {"name": "output", "flag": "--output", "is_flag": False, "required": True, "default": None,
+                "help": "", "argument": False}]
+    monkeypatch.setattr(features, "command_options", lambda name: options if name == "merge" else None)
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\necho \"$*\"\n")
+    fake.chmod(0o755)
+    app.state.jobs.python = str(fake)
+    (workspace / "adapter.safetensors").write_bytes(b"x")
+    body = {"output_name": "m1", "options": {"model": "adapter.safetensors", "output": "ignored"}}
+    job = client.post("/api/command/merge", json=body, headers=csrf).json()
+    assert job["args"] == ["merge", "--model", "adapter.safetensors", "--output", "merged/m1/model.safetensors"]

@@ -394,7 +394,9 @@ def create_app(workspace: str | Path, *, token: str | None = None, max_jobs: int
                 raise StudioError(f"{opt['name']} must be a single value")
             value = str(value)
             if any(word in opt["name"] for word in ("output", "out_dir", "dir")):
-                value = relative_to_workspace(workspace, folder)  # outputs always land in the job's folder
+                # outputs always land in the job's folder (merge writes a checkpoint file, export a folder)
+                target = folder / "model.safetensors" if name == "merge" else folder
+                value = relative_to_workspace(workspace, target)
             elif any(word in opt["name"] for word in ("checkpoint", "model", "adapter", "path", "file", "base")):
                 value = relative_to_workspace(workspace, resolve_inside(workspace, value, opt["name"]))
             elif value.startswith("-"):

@@ -147,6 +147,10 @@ def test_adapters_on_unseen_chat_data_with_a_grown_vocabulary(pretrained, tmp_pa
     base, _ = pretrained
     chat = write_chat(tmp_path / "chat.jsonl", 24, seed=5)
     result = train(finetune_config(base, chat, tmp_path / "run", finetune=kind, seq_len=96, max_steps=3))
+    setup, _ = build_training(finetune_config(base, chat, tmp_path / "notes-run", finetune=kind, seq_len=96,
+                                              max_steps=3), TrainObserver())
+    warning = [n for n in setup.notes if n.startswith("warning: the ") and "new token rows" in n]
+    assert len(warning) == 1 and "<|im_end|>" in warning[0] and "--finetune full" in warning[0]
     ckpt = read_checkpoint(result.final_checkpoint)
     plain = read_checkpoint(base)
     assert ckpt.config.vocab_size > plain.config.vocab_size  # <|im_start|>, <|im_end|> added

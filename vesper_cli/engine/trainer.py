@@ -344,6 +344,10 @@ def build_training(cfg: RunConfig, observer: TrainObserver) -> tuple[TrainingRun
         if adapter_cfg is not None:  # the base (with any grown rows) stays frozen, only the adapters train
             attach_adapters(model, adapter_cfg)
             base_checkpoint = (init_ckpt.path.resolve(), file_sha256(init_ckpt.path))
+            if growth is not None:
+                notes.append(f"warning: the {growth['to'] - growth['from']} new token rows ({', '.join(growth['tokens'])}) "
+                             f"stay frozen under --finetune {adapter_cfg.kind}: the model cannot learn to predict them "
+                             f"(a chat model then ends its turns poorly); --finetune full trains them")
     if base_checkpoint is not None:
         adapters = adapter_report(model)
         notes.append(f"{adapters.summary()}; base {base_checkpoint[0].name} frozen")

@@ -76,6 +76,8 @@ class Chunk:
 class ChunkTokenizer:
     """Reads ``path`` chunk by chunk from a byte offset and tokenizes each chunk (text or jsonl)."""
 
+    chunk_type = Chunk  # built from (offset, next_offset, *encode(...))
+
     def __init__(self, path: Path, tokenizer, chunk_bytes: int, *, fmt: str = "text", text_field: str = "text"):
         self.path, self.tokenizer, self.chunk_bytes = path, tokenizer, chunk_bytes
         self.fmt, self.text_field = fmt, text_field
@@ -118,8 +120,7 @@ class ChunkTokenizer:
             offset = start
             while offset < self.size and not (stop is not None and stop.is_set()):
                 data, next_offset = self.read(fh, offset)
-                ids, bad = self.encode(data, offset)
-                yield Chunk(offset, next_offset, ids, bad)
+                yield self.chunk_type(offset, next_offset, *self.encode(data, offset))
                 offset = next_offset
 
 

@@ -13,7 +13,8 @@ from typing import List, Optional
 
 import typer
 
-from vesper_cli.commands.options import check_metacog_dtype, inference_dtype_option
+from vesper_cli.commands.options import (check_metacog_dtype, inference_dtype_option,
+                                         metacog_threshold_overrides)
 from vesper_cli.output import info
 
 Opt = typer.Option
@@ -69,16 +70,10 @@ def _reply(session, text: str, metacog: dict | None) -> None:
     info(line + ")")
 
 
-def _metacog_settings(session, confidence_threshold, regulation_threshold) -> dict:
-    from vesper_core.errors import ConfigError
+def _metacog_settings(session, overrides: dict) -> dict:
     from vesper_cli.engine.metacog_generation import sentence_ends
     from vesper_metacog.training import load_head
 
-    overrides = {"confidence_threshold": confidence_threshold, "regulation_threshold": regulation_threshold}
-    for name, value in overrides.items():
-        if value is not None and not 0 <= value <= 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
     config = load_head(session.gen.checkpoint).config.replace(**overrides)  # one line when there is no head
     return {"overrides": overrides, "boundaries": sentence_ends(session.gen.tokenizer),
             "thresholds": (config.confidence_threshold, config.regulation_threshold)}
@@ -159,9 +154,10 @@ def chat_command(
     sampling = SamplingConfig(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()))
     check_metacog_dtype(metacog, dtype)
+    overrides = metacog_threshold_overrides(confidence_threshold, regulation_threshold) if metacog else {}
     session = open_chat(model, sampling=sampling, system=system, chat_template=chat_template, tokenizer=tokenizer,
                         device=resolve_device(device), dtype=dtype)
-    settings = _metacog_settings(session, confidence_threshold, regulation_threshold) if metacog else None
+    settings = _metacog_settings(session, overrides) if metacog else None
     info(f"chatting with {session.gen.checkpoint.path} (template {session.template.name}, context "
          f"{session.window} tokens); {HELP}")
     repl(session, settings)

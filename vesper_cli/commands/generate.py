@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, List, Mapping, Optional
 
 import typer
 
-from vesper_cli.commands.options import check_metacog_dtype, inference_dtype_option
+from vesper_cli.commands.options import (check_metacog_dtype, inference_dtype_option,
+                                         metacog_threshold_overrides)
 from vesper_cli.output import info
 
 if TYPE_CHECKING:
@@ -129,6 +130,7 @@ def generate_command(
     if metacog and prompt is None:
         raise ConfigError("--metacog works with --prompt TEXT (not --prompts-file or --interactive)")
     check_metacog_dtype(metacog, dtype)
+    overrides = metacog_threshold_overrides(confidence_threshold, regulation_threshold) if metacog else {}
     sampling = SamplingConfig(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()))
     prompts = _read_prompts(prompts_file) if prompts_file is not None else None
@@ -136,13 +138,7 @@ def generate_command(
                          dtype=dtype)
 
     if metacog:
-
-        thresholds = {"confidence_threshold": confidence_threshold, "regulation_threshold": regulation_threshold}
-        for name, value in thresholds.items():
-            if value is not None and not 0 <= value <= 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
-        print_metacog_samples(gen, prompt, sampling, num_samples,
-                              {name: value for name, value in thresholds.items() if value is not None})
+        print_metacog_samples(gen, prompt, sampling, num_samples, overrides)
     elif interactive:
         _repl(gen, sampling, num_samples)
     elif prompts is not None:

@@ -88,3 +88,14 @@ def check_metacog_dtype(metacog: bool, dtype: str) -> None:
 
     if metacog and parse_inference_dtype(dtype) != "f32":
         raise ConfigError(f"--metacog runs the meta head on f32 hidden states; drop --dtype {dtype} (or use f32)")
+
+
+def metacog_threshold_overrides(confidence_threshold: float | None, regulation_threshold: float | None) -> dict:
+    """The --confidence-threshold / --regulation-threshold given (each in [0, 1]) as meta-head overrides."""
+    from vesper_core.errors import ConfigError
+
+    given = {"confidence_threshold": confidence_threshold, "regulation_threshold": regulation_threshold}
+    for name, value in given.items():
+        if value is not None and not 0 <= value <= 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    return {name: value for name, value in given.items() if value is not None}

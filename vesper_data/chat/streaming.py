@@ -10,7 +10,6 @@ counts are reported once, after the first pass over the file.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,7 +21,7 @@ from vesper_data.chat.examples import encode_all, pad_examples
 from vesper_data.chat.formats import BadRecord, SkipCounter, normalize_record
 from vesper_data.chat.template import ChatTemplate
 from vesper_data.sources import check_data_file
-from vesper_data.streaming import SAMPLE_BYTES, StreamingLoader, StreamPosition
+from vesper_data.streaming import SAMPLE_BYTES, ChunkTokenizer, StreamingLoader, StreamPosition
 
 Example = tuple[np.ndarray, np.ndarray]  # (tokens uint32, mask uint8)
 
@@ -35,8 +34,10 @@ class ChatChunk:
     skipped: SkipCounter
 
 
-class ChatChunkReader:
+class ChatChunkReader(ChunkTokenizer):
     """Reads whole lines of a .jsonl from a byte offset and encodes their conversations."""
+
+    chunk_type = ChatChunk
 
     def __init__(self, path: Path, tokenizer, template: ChatTemplate, chunk_bytes: int):
         self.path, self.tokenizer, self.template, self.chunk_bytes = path, tokenizer, template, chunk_bytes
@@ -74,15 +75,6 @@ class ChatChunkReader:
             except BadRecord as bad:
                 counter.skip(bad.reason, f"{where}{': ' + bad.detail if bad.detail else ''}")
         return list(encode_all(conversations, self.template, self.tokenizer, counter)), counter
-
-    def chunks(self, start: int, stop: threading.Event | None = None) -> Iterator[ChatChunk]:
-        with self.path.open("rb") as fh:
-            offset = start
-            while offset < self.size and not (stop is not None and stop.is_set()):
-                data, next_offset = self.read(fh, offset)
-                examples, counter = self.encode(data, offset)
-                yield ChatChunk(offset, next_offset, examples, counter)
-                offset = next_offset
 
 
 class ChatStreamingLoader(StreamingLoader):
